@@ -1,0 +1,1 @@
+"""demo: coming in a later issue."""

@@ -1,0 +1,66 @@
+"""`python -m distill` (or `distill`): the kit's command line.
+
+    python -m distill quickstart                 # the whole tiny default: data, teacher, students, table
+    python -m distill synth --out data/shapes    # the synthetic dataset
+    python -m distill train CONFIG.yaml [k=v]    # one training stage
+    python -m distill build-student ...          # vision encoder + LLM + fresh projector -> one checkpoint
+    python -m distill check ...                  # validate a teacher/student pair and a dataset
+    python -m distill heldout --model DIR        # accuracy per question family on the held-out split
+    python -m distill bench                      # step time and memory: SFT vs KD, chunked vs naive KL
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "quickstart": ("distill.quickstart", "run the tiny default end to end (no downloads, CPU is enough)"),
+    "synth": ("distill.synth.make", "write the synthetic shapes dataset, benchmark files and tokenizer"),
+    "train": ("distill.train", "train one stage from a YAML config with dotted overrides"),
+    "build-student": ("distill.build_student", "assemble a student from a vision encoder and an LLM"),
+    "check": ("distill.check", "validate a teacher/student pair and a dataset without training"),
+    "heldout": ("distill.heldout", "accuracy per question family on the synthetic held-out split"),
+    "bench": ("distill.bench", "step time and peak memory of SFT vs KD, chunked vs naive KL"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil a small LLaVA-style model from a large teacher (SFT, vanilla KD; Align-TI to come).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kit never downloads models at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from distill.errors import KNOWN_ERRORS
+
+    try:
+        return args.handler(args)
+    except KNOWN_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""`python -m distill bench`: step time and peak memory of SFT vs vanilla KD, and of the KD loss
+alone, chunked vs naive, at a real vocabulary size.
+
+    python -m distill bench                                    # both parts, default sizes
+    python -m distill bench --part loss --positions 4096 --vocab 151936
+
+Part "steps": the tiny teacher/student pair of configs/tiny-*.yaml (random weights: the timing does
+not depend on them) trains for --steps steps through the real training loop, once with SFT and once
+with vanilla KD; each mode runs in its own process so its peak memory is its own. Reported: median
+step time and peak RSS (CUDA peak on a GPU), and KD relative to SFT.
+
+Part "loss": the KD loss (forward KL) alone, forward and backward, on random hidden states of
+--positions positions and LM heads of --vocab rows (student width --student-hidden, teacher width
+--teacher-hidden), naive (whole logits) vs chunked (--chunk-size positions at a time), each in its
+own process. Reported: peak memory above the inputs, time, and the two loss values (they must agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- measurement helpers (run inside the worker process) ------------------------------------------
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def current_rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def device_peak_mib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+# -- part "loss" -------------------------------------------------------------------------------------
+def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from distill.losses import chunked_divergence, normalized_sum
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    n, v = spec["positions"], spec["vocab"]
+    student_head = torch.nn.Linear(spec["student_hidden"], v, bias=False, device=device)
+    teacher_head = torch.nn.Linear(spec["teacher_hidden"], v, bias=False, device=device).requires_grad_(False)
+    hidden = torch.randn(n, spec["student_hidden"], device=device, requires_grad=True)
+    teacher_hidden = torch.randn(n, spec["teacher_hidden"], device=device)
+    baseline_rss, baseline_dev = (
+        current_rss_mib(),
+        (torch.cuda.memory_allocated() / 2**20 if device == "cuda" else None),
+    )
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    loss = normalized_sum(
+        chunked_divergence(
+            hidden, teacher_hidden, student_head, teacher_head, "forward_kl", spec["chunk_size"]
+        ),
+        n,
+    )
+    loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = device_peak_mib() - baseline_dev if device == "cuda" else peak_rss_mib() - baseline_rss
+    return {"loss": loss.item(), "peak_mib": peak, "seconds": seconds, "device": device}
+
+
+# -- part "steps" ------------------------------------------------------------------------------------
+def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from transformers import TrainerCallback
+
+    from distill.configuration import load_config
+    from distill.run_config import RunConfig
+    from distill.train import setup
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._start)
+
+    overrides = [
+        f"train.output_dir={spec['output_dir']}",
+        f"train.max_steps={spec['steps'] + spec['warmup']}",
+        "train.report_to=none",
+        "train.save_steps=100000",
+        f"data.train_json={spec['data']}",
+    ]
+    if spec["mode"] == "kd":
+        overrides += [f"teacher.path={spec['teacher']}", "loss.w_kd=1.0"]
+    else:
+        overrides += ["teacher.path=null", "loss.w_kd=0.0"]
+    cfg = load_config(RunConfig, spec["config"], [*overrides, f"model.tokenizer={spec['tokenizer']}"])
+    s = setup(cfg)
+    timer = StepTimer()
+    s.trainer.add_callback(timer)
+    rss_before = current_rss_mib()
+    s.trainer.train()
+    times = timer.times[spec["warmup"] :]
+    return {
+        "mode": spec["mode"],
+        "median_step_s": statistics.median(times),
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_growth_mib": peak_rss_mib() - rss_before,
+        "cuda_peak_mib": device_peak_mib(),
+        "tokens_per_step": None,
+    }
+
+
+WORKERS = {"loss": loss_worker, "step": step_worker}
+
+
+def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter, so its peak memory is its own."""
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.bench", "--worker", kind, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- orchestration ---------------------------------------------------------------------------------
+def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
+    spec = {
+        "positions": args.positions,
+        "vocab": args.vocab,
+        "student_hidden": args.student_hidden,
+        "teacher_hidden": args.teacher_hidden,
+    }
+    naive = in_subprocess("loss", {**spec, "chunk_size": 0})
+    chunked = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size})
+    return {
+        "spec": spec,
+        "chunk_size": args.chunk_size,
+        "naive": naive,
+        "chunked": chunked,
+        "memory_ratio": chunked["peak_mib"] / naive["peak_mib"],
+        "time_ratio": chunked["seconds"] / naive["seconds"],
+    }
+
+
+def tiny_pair(workdir: Path, data: Path) -> tuple[str, str]:
+    """A random-weight tiny teacher saved to disk (shapes of configs/tiny-teacher.yaml)."""
+    from transformers import AutoTokenizer
+
+    from distill.configuration import load_config
+    from distill.modeling import build_llava, save_llava
+    from distill.run_config import RunConfig
+
+    tokenizer_dir = data.parent / "tokenizer"
+    teacher_cfg = load_config(
+        RunConfig, ROOT / "configs" / "tiny-teacher.yaml", [f"model.tokenizer={tokenizer_dir}"]
+    )
+    model, processor = build_llava(teacher_cfg.model.arch, AutoTokenizer.from_pretrained(tokenizer_dir))  # type: ignore[arg-type]
+    return str(save_llava(model, processor, workdir / "teacher")), str(tokenizer_dir)
+
+
+def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
+    from distill.synth.make import synthesize
+
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
+        work = Path(tmp)
+        data = Path(args.data)
+        if not data.is_file():
+            synthesize(work / "shapes", n_train=256, n_val=8, n_test=8, per_family=2)
+            data = work / "shapes" / "train.json"
+        teacher, tokenizer = tiny_pair(work, data)
+        spec = {
+            "config": str(ROOT / "configs" / "tiny-student-kd.yaml"),
+            "data": str(data),
+            "teacher": teacher,
+            "tokenizer": tokenizer,
+            "steps": args.steps,
+            "warmup": 2,
+        }
+        results = {
+            mode: in_subprocess("step", {**spec, "mode": mode, "output_dir": str(work / mode)})
+            for mode in ("sft", "kd")
+        }
+    results["kd_over_sft_time"] = results["kd"]["median_step_s"] / results["sft"]["median_step_s"]
+    results["kd_over_sft_peak_rss"] = results["kd"]["peak_rss_mib"] / results["sft"]["peak_rss_mib"]
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = []
+    if "steps" in results:
+        r = results["steps"]
+        lines += [
+            "Training step, tiny student (batch of the tiny-student-kd config), median over steps:",
+            "| mode | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) |",
+            "|---|---|---|---|",
+        ]
+        for mode in ("sft", "kd"):
+            m = r[mode]
+            lines.append(
+                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} |"
+            )
+        lines.append(
+            f"KD / SFT: step time {r['kd_over_sft_time']:.2f}x, peak RSS {r['kd_over_sft_peak_rss']:.2f}x"
+        )
+        lines.append("")
+    if "loss" in results:
+        r = results["loss"]
+        s = r["spec"]
+        lines += [
+            f"KD loss alone (forward KL, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
+            f"student width {s['student_hidden']}, teacher width {s['teacher_hidden']}, on {r['naive']['device']}:",
+            "| form | peak memory above inputs (MiB) | time (s) | loss |",
+            "|---|---|---|---|",
+            f"| naive (whole logits) | {r['naive']['peak_mib']:.0f} | {r['naive']['seconds']:.2f} | {r['naive']['loss']:.6f} |",
+            f"| chunked ({r['chunk_size']} positions) | {r['chunked']['peak_mib']:.0f} | {r['chunked']['seconds']:.2f} | {r['chunked']['loss']:.6f} |",
+            f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
+            f"loss difference {abs(r['naive']['loss'] - r['chunked']['loss']):.2e}",
+        ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--part", choices=["all", "steps", "loss"], default="all", help="what to measure")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed training steps per mode (after 2 warm-up steps)"
+    )
+    parser.add_argument("--data", default="data/shapes/train.json", help="training data for the step timing")
+    parser.add_argument(
+        "--positions", type=int, default=4096, help="supervised positions in the loss-only test"
+    )
+    parser.add_argument(
+        "--vocab", type=int, default=151_936, help="vocabulary of the loss-only test (Qwen2's)"
+    )
+    parser.add_argument("--student-hidden", type=int, default=896, help="student width (Qwen2-0.5B: 896)")
+    parser.add_argument("--teacher-hidden", type=int, default=1536, help="teacher width (Qwen2-1.5B: 1536)")
+    parser.add_argument("--chunk-size", type=int, default=512, help="positions per chunk of the chunked loss")
+    parser.add_argument(
+        "--out", default="runs/bench/distill_bench.json", help="write the figures here as JSON"
+    )
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    results: dict[str, Any] = {}
+    if args.part in ("all", "steps"):
+        results["steps"] = bench_steps(args)
+    if args.part in ("all", "loss"):
+        results["loss"] = bench_loss(args)
+    print(report(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parsed = parser.parse_args()
+    if not parsed.worker:
+        sys.exit(run(parsed))
+    kind, spec_json = parsed.worker
+    print(json.dumps(WORKERS[kind](json.loads(spec_json))))

@@ -1,0 +1,155 @@
+"""`python -m distill build-student`: assemble a LLaVA student from a vision encoder and an LLM.
+
+    python -m distill build-student --vision /models/siglip-base-patch16-384 \\
+        --llm /models/Qwen2-0.5B-Instruct --out runs/qwen2-0.5b/student-init
+
+The vision encoder (SigLIP or CLIP: a vision-only or full dual-encoder checkpoint, with its image
+processor) and the LLM (Qwen2, Qwen3 or Llama, with its tokenizer and chat template) keep their
+weights; a fresh 2-layer GELU MLP projector joins them (LLaVA's recipe: train it on captions in
+stage 1, then fine-tune with distillation in stage 2). The `<image>` token is added to the
+tokenizer if missing. The result is one checkpoint in the kit's format, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from distill.modeling import DTYPES, ModelFormatError, generation_config_for, save_llava
+from distill.tokenizer import CHATML_TEMPLATE, IMAGE_TOKEN
+
+VISION_TYPES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model"}
+TEXT_TYPES = ("qwen2", "qwen3", "llama")
+
+
+def vision_config_of(path: str | Path) -> Any:
+    """The vision part of a SigLIP/CLIP checkpoint's config (vision-only or dual encoder)."""
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    vision = getattr(config, "vision_config", config)
+    if vision.model_type not in VISION_TYPES.values():
+        raise ModelFormatError(f"{path}: vision encoder '{config.model_type}' is not SigLIP or CLIP")
+    return vision
+
+
+def load_vision_tower(path: str | Path, vision_config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Vision weights keyed as LlavaModel's vision tower (AutoModel of the vision config) keys them."""
+    model = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    if hasattr(model.config, "vision_config"):  # a dual encoder: take its vision half
+        model = model.vision_model
+    expected = set(AutoModel.from_config(vision_config).state_dict())
+    weights = model.state_dict()
+    if set(weights) != expected:
+        missing = sorted(expected - set(weights))[:3]
+        raise ModelFormatError(
+            f"{path}: vision weights do not match a {vision_config.model_type} tower (missing: {missing})"
+        )
+    return weights
+
+
+def prepare_tokenizer(path: str | Path) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def assemble(
+    vision_path: str | Path,
+    llm_path: str | Path,
+    strategy: str = "full",
+    feature_layer: int = -1,
+    dtype: str = "float32",
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    torch_dtype = DTYPES[dtype]
+    vision_config = vision_config_of(vision_path)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch_dtype, local_files_only=True)
+    if llm.config.model_type not in TEXT_TYPES:
+        raise ModelFormatError(
+            f"{llm_path}: LLM '{llm.config.model_type}' is not one of {', '.join(TEXT_TYPES)}"
+        )
+    tokenizer = prepare_tokenizer(llm_path)
+    if len(tokenizer) > llm.config.vocab_size:
+        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    text_config = llm.config
+    text_config.architectures = [type(llm).__name__]
+    image_size, patch_size = vision_config.image_size, vision_config.patch_size
+    n_tokens = (image_size // patch_size) ** 2 + (1 if vision_config.model_type == "clip_vision_model" else 0)
+    n_tokens -= 1 if strategy == "default" else 0
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=feature_layer,
+        image_seq_length=n_tokens,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    model = LlavaForConditionalGeneration(config).to(torch_dtype)
+    model.model.vision_tower.load_state_dict(load_vision_tower(vision_path, vision_config, torch_dtype))
+    model.model.language_model.load_state_dict(llm.model.state_dict())
+    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    if text_config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config = generation_config_for(tokenizer)
+    processor = LlavaProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(vision_path, local_files_only=True),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=tokenizer.chat_template,
+        num_additional_image_tokens=1 if vision_config.model_type == "clip_vision_model" else 0,
+        image_token=IMAGE_TOKEN,
+    )
+    return model, processor
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vision", required=True, help="SigLIP or CLIP checkpoint directory (with its image processor)"
+    )
+    parser.add_argument(
+        "--llm", required=True, help="Qwen2/Qwen3/Llama causal LM directory (with its tokenizer)"
+    )
+    parser.add_argument("--out", required=True, help="where to write the assembled student")
+    parser.add_argument(
+        "--strategy",
+        choices=["full", "default"],
+        default="full",
+        help="visual tokens: 'full' keeps every patch (SigLIP); 'default' drops CLIP's CLS",
+    )
+    parser.add_argument(
+        "--feature-layer", type=int, default=-1, help="vision layer feeding the projector (-2 for CLIP)"
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype of the saved model"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    model, processor = assemble(args.vision, args.llm, args.strategy, args.feature_layer, args.dtype)
+    out = save_llava(model, processor, args.out)
+    total = sum(p.numel() for p in model.parameters())
+    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    print(
+        f"assembled {out}: {total:,} parameters ({projector:,} in the fresh projector), "
+        f"{model.config.image_seq_length} visual tokens per image"
+    )
+    return 0

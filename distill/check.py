@@ -1,0 +1,138 @@
+"""`python -m distill check`: validate a teacher/student pair and a dataset without training.
+
+    python -m distill check configs/tiny-student-kd.yaml                  # what a run config would use
+    python -m distill check --student DIR --teacher DIR --data train.json --verify-images
+
+Reads configs and tokenizers (never the teacher's weights), checks that the pair can be distilled
+(same vocabulary, chat template and image token; visual-token counts reported), tokenizes every
+record with the same checks training uses, and with --verify-images decodes every image. Prints a
+report and exits 0 when everything can be used, 2 with the first problem otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from distill.configuration import load_config
+from distill.conversation import IGNORE_INDEX, DataError
+from distill.data import LlavaDataset, ModelView
+from distill.modeling import build_llava, check_llava_dir, image_token_count, load_processor
+from distill.pairing import check_pair
+from distill.run_config import RunConfig
+
+
+def student_spec(cfg: RunConfig) -> tuple[Any, Any]:
+    """(config, processor) of the model a run would train, without loading weights."""
+    if cfg.model.path is not None:
+        return check_llava_dir(cfg.model.path), load_processor(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer, local_files_only=True)
+    model, processor = build_llava(cfg.model.arch, tokenizer)  # type: ignore[arg-type]
+    return model.config, processor
+
+
+def verify_images(dataset: LlavaDataset) -> int:
+    """Decode every image once; returns how many are unreadable (raises unless skipping)."""
+    bad = 0
+    for _ids, _labels, name, index in tqdm(dataset.examples, desc="decode images", leave=False):
+        if name is None:
+            continue
+        path = dataset.image_folder / name
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError) as error:
+            if not dataset.skip_bad_records:
+                raise DataError(f"{dataset.path}, record {index}: corrupt image {path} ({error})") from None
+            bad += 1
+    return bad
+
+
+def length_report(dataset: LlavaDataset, view: ModelView) -> str:
+    lengths = np.array(
+        [len(ids) + (view.num_image_tokens - 1 if name else 0) for ids, _, name, _ in dataset.examples]
+    )
+    supervised = np.array([(labels != IGNORE_INDEX).sum() for _, labels, _, _ in dataset.examples])
+    return (
+        f"tokens per record: mean {lengths.mean():.0f}, max {lengths.max()} (max_length {view.max_length}); "
+        f"supervised tokens: {supervised.sum():,} in all"
+    )
+
+
+def check(
+    student: tuple[Any, Any],
+    teacher: tuple[Any, Any] | None,
+    data: str | None,
+    image_folder: str | None,
+    max_length: int,
+    skip_bad_records: bool,
+    images: bool,
+) -> list[str]:
+    config, processor = student
+    lines = [
+        f"student: {type(processor.tokenizer).__name__}, {len(processor.tokenizer)} tokens, "
+        f"{image_token_count(config)} visual tokens"
+    ]
+    views = {"student": ModelView.from_processor(processor, image_token_count(config), max_length)}
+    if teacher is not None:
+        lines += check_pair(config, processor, teacher[0], teacher[1]).lines()
+        views["teacher"] = ModelView.from_processor(teacher[1], image_token_count(teacher[0]), max_length)
+    if data is not None:
+        dataset = LlavaDataset(data, views, image_folder, skip_bad_records)
+        lines.append(f"data: {dataset.report()}")
+        lines.append(length_report(dataset, views["student"]))
+        if images:
+            lines.append(f"images: all decoded, {verify_images(dataset)} unreadable")
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a run config: check its model, teacher and data")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for the config")
+    parser.add_argument("--student", help="student checkpoint directory (instead of a config)")
+    parser.add_argument("--teacher", help="teacher checkpoint directory")
+    parser.add_argument("--data", help="LLaVA-format JSON to check")
+    parser.add_argument("--image-folder", help="images are relative to this (default: the JSON's folder)")
+    parser.add_argument(
+        "--max-length", type=int, default=2048, help="sequence budget used for truncation checks"
+    )
+    parser.add_argument(
+        "--skip-bad-records", action="store_true", help="count bad records instead of stopping"
+    )
+    parser.add_argument(
+        "--verify-images", action="store_true", help="decode every image (slow on large sets)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        cfg = load_config(RunConfig, args.config, args.overrides)
+        student = student_spec(cfg)
+        teacher = (
+            (check_llava_dir(cfg.teacher.path), load_processor(cfg.teacher.path))
+            if cfg.teacher.path
+            else None
+        )
+        data, folder, max_length, skip = (
+            cfg.data.train_json,
+            cfg.data.image_folder,
+            cfg.data.max_length,
+            cfg.data.skip_bad_records,
+        )
+    elif args.student:
+        student = (check_llava_dir(args.student), load_processor(args.student))
+        teacher = (check_llava_dir(args.teacher), load_processor(args.teacher)) if args.teacher else None
+        data, folder, max_length, skip = args.data, args.image_folder, args.max_length, args.skip_bad_records
+    else:
+        raise SystemExit("check: give a run config or --student DIR")
+    for line in check(
+        student, teacher, data, folder, max_length, skip or args.skip_bad_records, args.verify_images
+    ):
+        print(line)
+    print("ok: nothing found that would stop training")
+    return 0

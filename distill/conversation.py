@@ -1,0 +1,111 @@
+"""Encode one LLaVA-format conversation into token ids and labels.
+
+A conversation is rendered with the model's own chat template; the character spans of the
+assistant replies are found by rendering each prefix of the conversation (so any template that
+renders prefixes as prefixes works: ChatML, Vicuna, Llama-3, ...), and the tokens whose first
+character falls inside a reply are supervised. Everything else gets the label -100.
+
+    encoder = ConversationEncoder(tokenizer)
+    ids, labels = encoder.encode([{"from": "human", "value": "<image>\\nWhat color?"},
+                                  {"from": "gpt", "value": "red"}])
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+class DataError(ValueError):
+    """A record cannot be used; the message names the file, the record index and the problem."""
+
+
+def to_messages(conversations: Any, require_reply: bool = True) -> list[dict[str, str]]:
+    """LLaVA `conversations` -> chat messages, checking the structure (a prompt needs no reply)."""
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError("'conversations' must be a non-empty list")
+    messages = []
+    for turn_index, turn in enumerate(conversations):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("value"), str)
+            or turn.get("from") not in ROLES
+        ):
+            raise DataError(
+                f"turn {turn_index} must be {{'from': human|gpt|system, 'value': str}}, got {str(turn)[:80]!r}"
+            )
+        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if not roles or roles[0] != "user" or any(a == b for a, b in itertools.pairwise(roles)):
+        raise DataError("turns must alternate human, gpt, human, ... starting with human")
+    if require_reply and "assistant" not in roles:
+        raise DataError("the conversation has no gpt turn to learn from")
+    return messages
+
+
+class ConversationEncoder:
+    """Chat template + tokenizer -> (input_ids, labels) with exactly the assistant replies supervised."""
+
+    def __init__(self, tokenizer: Any, image_token: str = "<image>") -> None:
+        if tokenizer.chat_template is None:
+            raise DataError("the tokenizer has no chat template; save one with the processor")
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.bos_token = tokenizer.bos_token
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def assistant_spans(self, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of each assistant reply (and its end-of-turn marker) in `text`."""
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start_text = self.render(messages[:i], add_generation_prompt=True)
+            end_text = self.render(messages[: i + 1]).rstrip()
+            if not text.startswith(start_text) or not text.startswith(end_text):
+                raise DataError(
+                    "the chat template does not render a conversation's prefix as a prefix of the whole; "
+                    "assistant turns cannot be located"
+                )
+            spans.append((len(start_text), len(end_text)))
+        return spans
+
+    def encode(self, conversations: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Return int32 input_ids and labels (IGNORE_INDEX outside the assistant replies)."""
+        messages = to_messages(conversations)
+        text = self.render(messages)
+        spans = self.assistant_spans(messages, text)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        starts = [start for start, _ in encoding["offset_mapping"]]
+        supervised = [any(a <= s < b for a, b in spans) for s in starts]
+        if self.bos_token is not None and not text.startswith(self.bos_token):
+            ids.insert(0, self.tokenizer.bos_token_id)
+            supervised.insert(0, False)
+        input_ids = np.asarray(ids, dtype=np.int32)
+        labels = np.where(np.asarray(supervised, dtype=bool), input_ids, IGNORE_INDEX).astype(np.int32)
+        return input_ids, labels
+
+
+def expand_image_tokens(
+    input_ids: np.ndarray, labels: np.ndarray, image_token_id: int, num_image_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace each image placeholder by `num_image_tokens` copies (never supervised)."""
+    positions = np.flatnonzero(input_ids == image_token_id)
+    if len(positions) == 0:
+        return input_ids, labels
+    repeats = np.where(input_ids == image_token_id, num_image_tokens, 1)
+    expanded_ids = np.repeat(input_ids, repeats)
+    expanded_labels = np.repeat(labels, repeats)
+    expanded_labels[expanded_ids == image_token_id] = IGNORE_INDEX
+    return expanded_ids, expanded_labels

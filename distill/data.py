@@ -1,0 +1,231 @@
+"""LLaVA-format JSON -> tokenized, image-expanded training examples, and the padding collator.
+
+    views = {"student": ModelView.from_processor(processor, model.config, max_length=512)}
+    dataset = LlavaDataset("data/shapes/train.json", views)
+    batch = PaddingCollator(pad_token_id)([dataset[0], dataset[1]])
+
+Records are checked and tokenized once, up front (with a progress bar), so a malformed record,
+a missing image or an image-token mismatch stops the run before any training step, with an error
+naming the file and the record index; `skip_bad_records` skips them instead and counts them.
+Images are decoded lazily; a corrupt one raises (or, when skipping, is replaced by the next
+record and counted).
+
+When the teacher sees images differently from the student (another resolution or number of
+visual tokens), each example carries a second set of tensors prefixed `teacher_`; the text tokens,
+and therefore the supervised positions, are the same for both.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from distill.conversation import IGNORE_INDEX, ConversationEncoder, DataError, expand_image_tokens
+
+
+@dataclass
+class ModelView:
+    """How one model wants its inputs."""
+
+    encoder: ConversationEncoder
+    image_processor: Any
+    num_image_tokens: int
+    max_length: int
+
+    @classmethod
+    def from_processor(cls, processor: Any, num_image_tokens: int, max_length: int) -> ModelView:
+        return cls(
+            ConversationEncoder(processor.tokenizer), processor.image_processor, num_image_tokens, max_length
+        )
+
+    def image_signature(self) -> str:
+        """Two views with the same signature produce the same pixel_values and image-token count."""
+        return json.dumps(
+            [self.image_processor.to_dict(), self.num_image_tokens], sort_keys=True, default=str
+        )
+
+
+def read_records(path: str | Path) -> list[Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    try:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            records = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a list of records at the top level")
+    return records
+
+
+class LlavaDataset(Dataset):
+    """Tokenized LLaVA records; item i is a dict of numpy arrays and an optional image path."""
+
+    def __init__(
+        self,
+        json_path: str | Path,
+        views: dict[str, ModelView],
+        image_folder: str | Path | None = None,
+        skip_bad_records: bool = False,
+        max_records: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if "student" not in views:
+            raise ValueError("views must contain a 'student' view")
+        self.path = Path(json_path)
+        self.image_folder = Path(image_folder) if image_folder else self.path.parent
+        self.skip_bad_records = skip_bad_records
+        self.views = views
+        self.teacher_separate = "teacher" in views and (
+            views["teacher"].image_signature() != views["student"].image_signature()
+        )
+        self.skipped: Counter[str] = Counter()
+        self._bad_images = multiprocessing.Value("i", 0)
+        records = read_records(self.path)[:max_records]
+        self.examples: list[tuple[np.ndarray, np.ndarray, str | None, int]] = []
+        for index, record in enumerate(
+            tqdm(records, desc=f"tokenize {self.path.name}", disable=not progress, leave=False)
+        ):
+            try:
+                self.examples.append(self._encode(record, index))
+            except DataError as error:
+                if not skip_bad_records:
+                    raise DataError(f"{self.path}, record {index}: {error}") from None
+                self.skipped[str(error).split(":")[0]] += 1
+        if not self.examples:
+            raise DataError(f"{self.path}: no usable records (skipped: {dict(self.skipped)})")
+
+    # -- up-front checks and tokenization -----------------------------------------------------
+    def _encode(self, record: Any, index: int) -> tuple[np.ndarray, np.ndarray, str | None, int]:
+        if not isinstance(record, dict) or "conversations" not in record:
+            raise DataError("malformed record: expected an object with 'conversations'")
+        image = record.get("image")
+        student = self.views["student"]
+        try:
+            ids, labels = student.encoder.encode(record["conversations"])
+        except DataError as error:
+            raise DataError(f"malformed record: {error}") from None
+        placeholders = int((ids == student.encoder.image_token_id).sum())
+        if image is not None:
+            if not isinstance(image, str):
+                raise DataError(f"image-token mismatch: 'image' must be one file name, got {image!r}")
+            if placeholders != 1:
+                raise DataError(
+                    f"image-token mismatch: record has an image but {placeholders} <image> placeholders"
+                )
+            if not (self.image_folder / image).is_file():
+                raise DataError(f"missing image: {self.image_folder / image}")
+        elif placeholders:
+            raise DataError(f"image-token mismatch: {placeholders} <image> placeholders but no 'image'")
+        ids, labels = self._truncate(ids, labels, student)
+        return ids, labels, image, index
+
+    def _truncate(
+        self, ids: np.ndarray, labels: np.ndarray, view: ModelView
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cut text tokens at the end so the expanded sequence fits; never cut the image block."""
+        image_id = view.encoder.image_token_id
+        has_image = bool((ids == image_id).any())
+        budget = view.max_length - (view.num_image_tokens - 1 if has_image else 0)
+        if has_image and int(np.flatnonzero(ids == image_id)[0]) >= budget:
+            raise DataError(
+                f"too long: the image tokens end beyond max_length={view.max_length}; raise data.max_length"
+            )
+        ids, labels = ids[:budget], labels[:budget]
+        if not (labels != IGNORE_INDEX).any():
+            raise DataError(f"too long: no response token left within max_length={view.max_length}")
+        return ids, labels
+
+    # -- per-item work ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def bad_images(self) -> int:
+        return self._bad_images.value
+
+    def _load_image(self, name: str, index: int) -> Image.Image:
+        path = self.image_folder / name
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise DataError(f"{self.path}, record {index}: corrupt image {path} ({error})") from None
+
+    def _view_tensors(
+        self, view: ModelView, ids: np.ndarray, labels: np.ndarray, image: Image.Image | None
+    ) -> dict:
+        ids, labels = expand_image_tokens(ids, labels, view.encoder.image_token_id, view.num_image_tokens)
+        item = {
+            "input_ids": torch.from_numpy(ids.astype(np.int64)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+        }
+        if image is not None:
+            item["pixel_values"] = view.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return item
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        for attempt in range(len(self.examples)):
+            ids, labels, image_name, index = self.examples[(i + attempt) % len(self.examples)]
+            try:
+                image = self._load_image(image_name, index) if image_name is not None else None
+            except DataError:
+                if not self.skip_bad_records:
+                    raise
+                with self._bad_images.get_lock():
+                    self._bad_images.value += 1
+                continue
+            item = self._view_tensors(self.views["student"], ids, labels, image)
+            if self.teacher_separate:
+                teacher = self._view_tensors(self.views["teacher"], ids, labels, image)
+                item.update({f"teacher_{k}": v for k, v in teacher.items()})
+            return item
+        raise DataError(f"{self.path}: every image is unreadable")
+
+    def report(self) -> str:
+        skipped = sum(self.skipped.values()) + self.bad_images
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        if self.bad_images:
+            detail = ", ".join(filter(None, [detail, f"corrupt image: {self.bad_images}"]))
+        return f"{len(self.examples)} records used, {skipped} skipped" + (f" ({detail})" if detail else "")
+
+
+class PaddingCollator:
+    """Right-pads input_ids/labels (and their teacher_ twins), stacks the images present."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def _pad(self, rows: list[torch.Tensor], value: int) -> torch.Tensor:
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
+
+    def _side(self, items: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, torch.Tensor | None]:
+        ids = [item[f"{prefix}input_ids"] for item in items]
+        batch: dict[str, torch.Tensor | None] = {
+            f"{prefix}input_ids": self._pad(ids, self.pad_token_id),
+            f"{prefix}attention_mask": self._pad([torch.ones_like(x) for x in ids], 0),
+            f"{prefix}labels": self._pad([item[f"{prefix}labels"] for item in items], IGNORE_INDEX),
+        }
+        images = [item[f"{prefix}pixel_values"] for item in items if f"{prefix}pixel_values" in item]
+        if images:
+            batch[f"{prefix}pixel_values"] = torch.stack(images)
+        return batch
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = self._side(items, "")
+        if "teacher_input_ids" in items[0]:
+            batch.update(self._side(items, "teacher_"))
+        return batch  # type: ignore[return-value]

@@ -1,0 +1,155 @@
+"""Distillation and supervised losses: pure functions of tensors, reductions kept apart.
+
+Per-position divergences take teacher and student logits [N, V] and return [N]:
+
+    forward_kl   KL(P_T || P_S)                       vanilla KD (Hinton; the paper's L_kd)
+    reverse_kl   KL(P_S || P_T)
+    jsd          b*KL(P_T||M) + (1-b)*KL(P_S||M), M = b*P_T + (1-b)*P_S   (GKD's generalized JSD;
+                 b=0 is forward KL and b=1 reverse KL, TRL's convention)
+    skew_forward_kl  KL(P_T || a*P_T + (1-a)*P_S)     (DistiLLM's skew KL)
+    skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
+    tvd          0.5 * sum |P_T - P_S|
+
+Large vocabularies: `chunked_divergence` and `chunked_cross_entropy` start from hidden states and
+LM heads, and compute logits a chunk of positions at a time under activation checkpointing, so the
+[positions x vocab] logits of both models never exist whole; backward recomputes each chunk's
+logits. They equal the naive form, gradients included (tests/test_losses.py).
+
+Reduce with `normalized_sum(per_position, n_items)`: sum over positions divided by the number of
+supervised tokens (across gradient-accumulation micro-batches when the trainer knows it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+
+
+def _kl_from_logprobs(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per row from log-probabilities [N, V] -> [N]."""
+    return F.kl_div(q_log, p_log, reduction="none", log_target=True).sum(-1)
+
+
+def _log_mixture(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w * A + (1 - w) * B) from log-probabilities, stably."""
+    return torch.logsumexp(torch.stack([a_log + math.log(weight_a), b_log + math.log1p(-weight_a)]), dim=0)
+
+
+def per_position_divergence(
+    name: str,
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float = 1.0,
+    jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N]."""
+    t_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if name == "forward_kl":
+        return _kl_from_logprobs(t_log, s_log)
+    if name == "reverse_kl":
+        return _kl_from_logprobs(s_log, t_log)
+    if name == "jsd":
+        if jsd_beta == 0.0:
+            return _kl_from_logprobs(t_log, s_log)
+        if jsd_beta == 1.0:
+            return _kl_from_logprobs(s_log, t_log)
+        m_log = _log_mixture(t_log, s_log, jsd_beta)
+        return jsd_beta * _kl_from_logprobs(t_log, m_log) + (1 - jsd_beta) * _kl_from_logprobs(s_log, m_log)
+    if name == "skew_forward_kl":
+        return _kl_from_logprobs(t_log, _log_mixture(t_log, s_log, skew_alpha) if skew_alpha > 0 else s_log)
+    if name == "skew_reverse_kl":
+        return _kl_from_logprobs(s_log, _log_mixture(s_log, t_log, skew_alpha) if skew_alpha > 0 else t_log)
+    if name == "tvd":
+        return 0.5 * (t_log.exp() - s_log.exp()).abs().sum(-1)
+    raise ValueError(f"unknown divergence {name!r} (known: {', '.join(DIVERGENCES)})")
+
+
+def per_position_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of `targets` [N] under `logits` [N, V] -> [N]."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def normalized_sum(per_position: torch.Tensor, n_items: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Sum over positions / number of supervised tokens (guarding zero)."""
+    if n_items is None:
+        n_items = per_position.numel()
+    if not torch.is_tensor(n_items):
+        n_items = torch.tensor(n_items, device=per_position.device)
+    return per_position.sum() / n_items.to(per_position.device, per_position.dtype).clamp_min(1)
+
+
+def _chunks(n: int, chunk_size: int) -> list[slice]:
+    size = n if chunk_size <= 0 else chunk_size
+    return [slice(start, min(start + size, n)) for start in range(0, n, max(size, 1))]
+
+
+def chunked_divergence(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head: Head,
+    teacher_head: Head,
+    name: str = "forward_kl",
+    chunk_size: int = 1024,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Per-position divergence [N] from hidden states [N, Hs] / [N, Ht] and the two LM heads.
+
+    `vocab_size` truncates both heads' outputs to the shared vocabulary (checkpoints often pad
+    their LM head beyond the tokenizer). `chunk_size` <= 0 computes everything at once."""
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"teacher and student disagree on the number of supervised positions "
+            f"({teacher_hidden.shape[0]} vs {student_hidden.shape[0]})"
+        )
+
+    def chunk_loss(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
+        s_logits = student_head(hs)[..., :vocab_size]  # [n, V]
+        with torch.no_grad():
+            t_logits = teacher_head(ht)[..., :vocab_size]  # [n, V]
+        return per_position_divergence(name, t_logits, s_logits, temperature, jsd_beta, skew_alpha)
+
+    n = student_hidden.shape[0]
+    if n == 0:
+        return student_hidden.new_zeros(0, dtype=torch.float32)
+    if chunk_size <= 0:
+        return chunk_loss(student_hidden, teacher_hidden)
+    teacher_hidden = teacher_hidden.detach()
+    parts = [
+        checkpoint(chunk_loss, student_hidden[s], teacher_hidden[s], use_reentrant=False)
+        for s in _chunks(n, chunk_size)
+    ]
+    return torch.cat(parts)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    head: Head,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """Per-position NLL [N] of `targets` from hidden states [N, H], a chunk of logits at a time."""
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return per_position_cross_entropy(head(h)[..., :vocab_size], y)
+
+    n = hidden.shape[0]
+    if n == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    if chunk_size <= 0:
+        return chunk_loss(hidden, targets)
+    return torch.cat(
+        [checkpoint(chunk_loss, hidden[s], targets[s], use_reentrant=False) for s in _chunks(n, chunk_size)]
+    )

@@ -1,0 +1,242 @@
+"""The one model format of the kit: a transformers `LlavaForConditionalGeneration` checkpoint
+directory saved together with its processor (tokenizer + chat template + image processor).
+
+    model, processor = load_llava("runs/tiny/teacher")             # a checkpoint on disk
+    model, processor = build_llava(ArchConfig(), tokenizer)        # a fresh tiny model
+    save_llava(model, processor, "runs/x")                         # atomic: temp dir + rename
+
+Layout of the model: `model.model.vision_tower` (SigLIP/CLIP), `model.model.multi_modal_projector`
+(2-layer GELU MLP), `model.model.language_model` (Qwen2/Qwen3/Llama), `model.lm_head`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Qwen2Config,
+    Qwen3Config,
+    SiglipVisionConfig,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from distill.run_config import ArchConfig
+
+TEXT_CONFIGS = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}
+MODULES = ("vision_tower", "projector", "language_model")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelFormatError(ValueError):
+    """A checkpoint is not in the kit's format; the message says what is missing or unsupported."""
+
+
+def build_processor(
+    tokenizer: Any, image_size: int, patch_size: int, strategy: str = "full"
+) -> LlavaProcessor:
+    """SigLIP-style image processing (resize, scale to [-1, 1]) + the tokenizer and its chat template."""
+    image_processor = SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=tokenizer.chat_template,
+        num_additional_image_tokens=0,
+        image_token="<image>",
+    )
+
+
+def generation_config_for(tokenizer: Any) -> GenerationConfig:
+    """Greedy by default; stops at the end-of-turn token (and end-of-text where it exists)."""
+    stops = [tokenizer.eos_token_id]
+    for token in ("<|endoftext|>", "<|im_end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in stops:
+            stops.append(token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return GenerationConfig(eos_token_id=stops, pad_token_id=pad, do_sample=False, max_new_tokens=128)
+
+
+def build_llava(
+    arch: ArchConfig, tokenizer: Any, attn_implementation: str = "sdpa"
+) -> tuple[Any, LlavaProcessor]:
+    """A freshly initialised LLaVA of the given shape, with a processor around `tokenizer`."""
+    vision = SiglipVisionConfig(
+        hidden_size=arch.vision_hidden_size,
+        intermediate_size=arch.vision_intermediate_size,
+        num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.vision_heads,
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+    )
+    text_kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        rope_theta=arch.rope_theta,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if arch.text_model_type == "qwen3":
+        text_kwargs["head_dim"] = arch.hidden_size // arch.num_heads
+    text = TEXT_CONFIGS[arch.text_model_type](**text_kwargs)
+    text.architectures = [
+        {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}[
+            arch.text_model_type
+        ]
+    ]
+    n_tokens = (arch.image_size // arch.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_seq_length=n_tokens,
+        tie_word_embeddings=arch.tie_word_embeddings,
+    )
+    config._attn_implementation = attn_implementation
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = generation_config_for(tokenizer)
+    return model, build_processor(tokenizer, arch.image_size, arch.patch_size)
+
+
+def load_processor(path: str | Path) -> Any:
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file() or not (
+        (path / "processor_config.json").is_file() or (path / "preprocessor_config.json").is_file()
+    ):
+        raise ModelFormatError(
+            f"{path}: no processor saved beside the weights (need tokenizer_config.json and processor_config.json "
+            "or preprocessor_config.json); save it with processor.save_pretrained(path)"
+        )
+    return AutoProcessor.from_pretrained(path)
+
+
+def check_llava_dir(path: str | Path) -> Any:
+    """Read config.json and refuse anything that is not a LLaVA checkpoint, before loading weights."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelFormatError(f"{path}: not a model directory (no config.json)")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type != "llava":
+        raise ModelFormatError(
+            f"{path}: unsupported architecture '{model_type}'; the kit works on LlavaForConditionalGeneration "
+            "checkpoints (model_type 'llava'). Assemble one with `python -m distill build-student`."
+        )
+    return AutoConfig.from_pretrained(path)
+
+
+def load_llava(
+    path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", device: str | None = None
+) -> tuple[Any, Any]:
+    """Load a checkpoint and its processor from a local directory (no hub access)."""
+    check_llava_dir(path)
+    processor = load_processor(path)
+    model = LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+    )
+    if device is not None:
+        model.to(device)
+    return model, processor
+
+
+def save_llava(model: Any, processor: Any, out: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write weights + processor (+ extra text files) to a temporary folder, then rename it to `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text)
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out.rename(backup)
+            staging.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def image_token_count(config: Any) -> int:
+    """Visual tokens per image: patches of the vision tower, minus CLS under the 'default' strategy."""
+    vision = config.vision_config
+    n = (vision.image_size // vision.patch_size) ** 2
+    if getattr(vision, "model_type", "") == "clip_vision_model":
+        n += 1  # CLIP prepends a CLS token
+    if config.vision_feature_select_strategy == "default":
+        n -= 1
+    return n
+
+
+def submodule(model: Any, name: str) -> torch.nn.Module:
+    inner = model.model
+    if name == "vision_tower":
+        return inner.vision_tower
+    if name == "projector":
+        return inner.multi_modal_projector
+    if name == "language_model":
+        return inner.language_model
+    raise ValueError(f"unknown module {name!r} (known: {', '.join(MODULES)})")
+
+
+def set_trainable(model: Any, modules: list[str]) -> dict[str, int]:
+    """Freeze everything, then unfreeze `modules` (the LM head follows the language model)."""
+    model.requires_grad_(False)
+    for name in modules:
+        submodule(model, name).requires_grad_(True)
+    if "language_model" in modules:
+        model.lm_head.requires_grad_(True)
+    return {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def language_model_parameters(model: Any) -> int:
+    """Parameters of the LLM: decoder + embeddings + LM head (counted once when tied)."""
+    params = {id(p): p for p in submodule(model, "language_model").parameters()}
+    params.update({id(p): p for p in model.lm_head.parameters()})
+    return sum(p.numel() for p in params.values())
+
+
+def copy_vision_tower(model: Any, source: str | Path) -> None:
+    """Initialise `model`'s vision tower from the LLaVA checkpoint at `source` (same shape required)."""
+    donor, _ = load_llava(source)
+    theirs = submodule(donor, "vision_tower").state_dict()
+    ours = submodule(model, "vision_tower").state_dict()
+    mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if mismatched:
+        raise ModelFormatError(
+            f"{source}: vision tower does not match this model's (first differing weight: {mismatched[0]})"
+        )
+    submodule(model, "vision_tower").load_state_dict(theirs)

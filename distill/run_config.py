@@ -1,0 +1,179 @@
+"""The fields of a training run, one dataclass per section of the YAML file.
+
+A run is one stage: train a model (a fresh tiny build, a checkpoint, or an assembled student) on a
+LLaVA-format dataset, optionally against a frozen teacher. See configs/*.yaml for examples and
+`python -m distill train --help` for how to run one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from distill.configuration import ConfigError, check_range
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
+Module = Literal["vision_tower", "projector", "language_model"]
+
+
+@dataclass
+class ArchConfig:
+    """Shape of a model built from scratch (the tiny default); real models load from `model.path`."""
+
+    image_size: int = 64  # input resolution (square), pixels
+    patch_size: int = 16  # vision patch size; image tokens = (image_size / patch_size)^2
+    vision_hidden_size: int = 128  # width of the SigLIP-style vision tower
+    vision_layers: int = 2  # transformer layers in the vision tower
+    vision_heads: int = 4  # attention heads in the vision tower
+    vision_intermediate_size: int = 256  # MLP width in the vision tower
+    text_model_type: Literal["qwen2", "qwen3", "llama"] = "qwen2"  # LLM family
+    hidden_size: int = 128  # LLM width
+    num_layers: int = 4  # LLM decoder layers
+    num_heads: int = 4  # LLM attention heads
+    num_kv_heads: int = 2  # LLM key/value heads (grouped-query attention)
+    intermediate_size: int = 384  # LLM MLP width
+    max_position_embeddings: int = 512  # longest sequence the LLM is built for
+    rope_theta: float = 10000.0  # RoPE base
+    tie_word_embeddings: bool = True  # share the input embedding with the LM head
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"model.arch.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                "model.arch: hidden_size must divide by num_heads and num_heads by num_kv_heads "
+                f"(got {self.hidden_size}, {self.num_heads}, {self.num_kv_heads})"
+            )
+        if self.vision_hidden_size % self.vision_heads:
+            raise ConfigError("model.arch.vision_hidden_size must divide by vision_heads")
+
+
+@dataclass
+class ModelConfig:
+    """The model being trained (the student, or the teacher in its own SFT run)."""
+
+    path: str | None = None  # local LLaVA checkpoint directory (weights + processor) to start from
+    arch: ArchConfig | None = None  # or: build a fresh model of this shape (needs `tokenizer`)
+    tokenizer: str | None = None  # tokenizer directory for `arch` builds (the synthetic world writes one)
+    vision_init: str | None = None  # LLaVA checkpoint whose vision tower initialises this model's
+    dtype: Dtype = "float32"  # weight dtype when loading (training uses train.bf16 for autocast)
+    attn_implementation: Literal["sdpa", "eager", "flex_attention"] = "sdpa"  # attention kernel
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.arch is None):
+            raise ConfigError(
+                "model: give exactly one of model.path (a checkpoint) or model.arch (a fresh build)"
+            )
+        if self.arch is not None and self.tokenizer is None:
+            raise ConfigError("model.tokenizer is required when model.arch builds a fresh model")
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher of a distillation run; leave `path` empty for SFT alone."""
+
+    path: str | None = None  # local LLaVA checkpoint directory
+    dtype: Dtype = "float32"  # the teacher runs in this dtype (bfloat16 halves its memory on GPU)
+
+
+@dataclass
+class DataConfig:
+    """LLaVA-format training data."""
+
+    train_json: str = "data/shapes/train.json"  # list of {id, image, conversations}
+    image_folder: str | None = None  # images are relative to this; default: the JSON file's folder
+    max_length: int = 512  # longest tokenized sequence; longer records lose response tokens at the end
+    skip_bad_records: bool = (
+        False  # skip malformed records and unreadable images (counted) instead of failing
+    )
+    max_records: int | None = None  # use only the first N records (quick experiments)
+
+    def __post_init__(self) -> None:
+        check_range("data.max_length", self.max_length, 8)
+
+
+@dataclass
+class LossConfig:
+    """Weights and form of the training objective: w_sft * L_sft + w_kd * L_kd."""
+
+    w_sft: float = 1.0  # cross-entropy on the response tokens
+    w_kd: float = 0.0  # divergence from the teacher at each response position (needs a teacher)
+    divergence: Divergence = "forward_kl"  # KL(P_T||P_S) is vanilla KD; others for the paper's Table 3
+    temperature: float = 1.0  # both distributions are softened by this temperature
+    jsd_beta: float = 0.5  # mixture weight of generalized JSD (0.5 is symmetric JSD)
+    skew_alpha: float = 0.1  # skew of skew KL: KL(P || a*P + (1-a)*Q)
+    kl_chunk_size: int = 1024  # positions per chunk of the chunked divergence (0: naive, whole logits)
+
+    def __post_init__(self) -> None:
+        check_range("loss.w_sft", self.w_sft, 0.0)
+        check_range("loss.w_kd", self.w_kd, 0.0)
+        check_range("loss.temperature", self.temperature, 1e-3)
+        check_range("loss.jsd_beta", self.jsd_beta, 0.0, 1.0)
+        check_range("loss.skew_alpha", self.skew_alpha, 0.0, 1.0)
+        check_range("loss.kl_chunk_size", self.kl_chunk_size, 0)
+        if self.w_sft == 0 and self.w_kd == 0:
+            raise ConfigError("loss: at least one of w_sft and w_kd must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing and logging (handed to transformers.TrainingArguments)."""
+
+    output_dir: str = "runs/unnamed"  # checkpoints, logs and the final model go here
+    train_modules: list[Module] = field(
+        default_factory=lambda: ["vision_tower", "projector", "language_model"]
+    )  # stage 1 (LLaVA pretraining): [projector]; stage 2: [projector, language_model]
+    max_steps: int = -1  # optimizer steps; -1 runs `epochs` epochs
+    epochs: float = 1.0  # passes over the data when max_steps is -1
+    batch_size: int = 8  # per device
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 2e-5  # peak learning rate
+    vision_tower_lr: float | None = None  # peak learning rate of the vision tower (default: learning_rate)
+    projector_lr: float | None = None  # peak learning rate of the projector (LLaVA's mm_projector_lr)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.03  # share of steps with linear warm-up
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = 1.0  # gradient clipping
+    bf16: Literal["auto", "true", "false"] = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    seed: int = 0  # seeds data order, dropout and initialisation
+    logging_steps: int = 10  # log the loss terms every N steps
+    save_steps: int = 200  # checkpoint every N steps
+    save_total_limit: int = 2  # keep this many checkpoints
+    deepspeed: str | None = (
+        None  # DeepSpeed JSON (configs/deepspeed/zero2.json); used under accelerate launch
+    )
+    dataloader_num_workers: int = 0  # worker processes loading images
+    report_to: Literal["tensorboard", "none"] = "tensorboard"  # where metrics go (output_dir/logs)
+    torch_threads: int = 0  # CPU threads for torch (0: torch's default)
+
+    def __post_init__(self) -> None:
+        check_range("train.batch_size", self.batch_size, 1)
+        check_range("train.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        check_range("train.learning_rate", self.learning_rate, 0.0, 1.0)
+        check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("train.save_steps", self.save_steps, 1)
+        check_range("train.logging_steps", self.logging_steps, 1)
+        if not self.train_modules:
+            raise ConfigError("train.train_modules is empty: nothing would be trained")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError("train.max_steps must be positive, or -1 to train for train.epochs")
+
+
+@dataclass
+class RunConfig:
+    """One training stage."""
+
+    model: ModelConfig
+    name: str = "run"  # a label for logs and the model card
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.w_kd > 0 and self.teacher.path is None:
+            raise ConfigError("loss.w_kd > 0 needs a teacher: set teacher.path")

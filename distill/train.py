@@ -1,0 +1,243 @@
+"""`python -m distill train CONFIG.yaml [key.sub=value ...] [--resume]`: one training stage.
+
+    python -m distill train configs/tiny-teacher.yaml
+    python -m distill train configs/tiny-student-kd.yaml train.max_steps=50 --resume
+    accelerate launch --config_file configs/accelerate/zero2.yaml -m distill train configs/qwen2-0.5b-student-stage2.yaml
+
+setup -> fit -> save: the model (a checkpoint, a fresh tiny build or an assembled student) and the
+optional teacher are loaded and checked against each other before any weights of the teacher are
+read; the data is tokenized and checked up front; a `DistillTrainer` trains; the final model is
+written atomically to OUTPUT_DIR/final with its processor and the resolved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, LlavaForConditionalGeneration, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from distill.configuration import load_config, read_yaml, save_config, to_dict
+from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.modeling import (
+    DTYPES,
+    build_llava,
+    check_llava_dir,
+    copy_vision_tower,
+    image_token_count,
+    language_model_parameters,
+    load_llava,
+    load_processor,
+    set_trainable,
+)
+from distill.pairing import PairReport, check_pair
+from distill.run_config import ModelConfig, RunConfig
+from distill.trainer import RUN_CONFIG_NAME, STAGING_DIR, DistillTrainer
+
+FINAL_DIR = "final"
+SUMMARY_NAME = "train_summary.json"
+
+
+@dataclass
+class Setup:
+    config: RunConfig
+    trainer: DistillTrainer
+    dataset: LlavaDataset
+    processor: Any
+    pair: PairReport | None
+
+
+def build_model(cfg: ModelConfig) -> tuple[Any, Any]:
+    """The model to train: a checkpoint, or a fresh build (optionally with a donor vision tower)."""
+    if cfg.path is not None:
+        model, processor = load_llava(cfg.path, cfg.dtype, cfg.attn_implementation)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
+        model, processor = build_llava(cfg.arch, tokenizer, cfg.attn_implementation)  # type: ignore[arg-type]
+        model.to(DTYPES[cfg.dtype])
+    if cfg.vision_init is not None:
+        copy_vision_tower(model, cfg.vision_init)
+    return model, processor
+
+
+def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[Any, Any, PairReport] | None:
+    """Check the pair from configs and tokenizers first, then load the teacher's weights."""
+    if cfg.loss.w_kd == 0 or cfg.teacher.path is None:
+        return None
+    teacher_config = check_llava_dir(cfg.teacher.path)
+    teacher_processor = load_processor(cfg.teacher.path)
+    report = check_pair(student.config, student_processor, teacher_config, teacher_processor)
+    teacher = LlavaForConditionalGeneration.from_pretrained(
+        cfg.teacher.path, dtype=DTYPES[cfg.teacher.dtype], local_files_only=True
+    )
+    return teacher, teacher_processor, report
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return setting == "true"
+
+
+def deepspeed_config(cfg: RunConfig) -> str | None:
+    """train.deepspeed, or the file `accelerate launch` was given in its config (ZeRO via accelerate)."""
+    if cfg.train.deepspeed is not None:
+        return cfg.train.deepspeed
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
+    return None
+
+
+def training_arguments(cfg: RunConfig) -> TrainingArguments:
+    t = cfg.train
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(t.output_dir) / "logs"))
+    return TrainingArguments(
+        output_dir=t.output_dir,
+        max_steps=t.max_steps,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        bf16=use_bf16(t.bf16),
+        activation_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        deepspeed=deepspeed_config(cfg),
+        dataloader_num_workers=t.dataloader_num_workers,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        remove_unused_columns=False,
+        optim="adamw_torch",
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def setup(cfg: RunConfig) -> Setup:
+    set_seed(cfg.train.seed)
+    if cfg.train.torch_threads > 0:
+        torch.set_num_threads(cfg.train.torch_threads)
+    model, processor = build_model(cfg.model)
+    loaded = load_teacher(cfg, model, processor)
+    teacher, teacher_processor, pair = loaded if loaded else (None, None, None)
+    counts = set_trainable(model, cfg.train.train_modules)
+    views = {
+        "student": ModelView.from_processor(processor, image_token_count(model.config), cfg.data.max_length)
+    }
+    if teacher is not None:
+        views["teacher"] = ModelView.from_processor(
+            teacher_processor, image_token_count(teacher.config), cfg.data.max_length
+        )
+    dataset = LlavaDataset(
+        cfg.data.train_json, views, cfg.data.image_folder, cfg.data.skip_bad_records, cfg.data.max_records
+    )
+    trainer = DistillTrainer(
+        model=model,
+        args=training_arguments(cfg),
+        train_dataset=dataset,
+        data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        loss_config=cfg.loss,
+        vocab_size=pair.vocab_size if pair else len(processor.tokenizer),
+        teacher=teacher,
+        run_config=cfg,
+    )
+    if trainer.is_world_process_zero():
+        lm = language_model_parameters(model)
+        print(
+            f"[{cfg.name}] model: {counts['total']:,} parameters ({lm:,} in the LLM), {counts['trainable']:,} trainable"
+        )
+        if pair is not None:
+            print(f"[{cfg.name}] teacher: {cfg.teacher.path}; " + "; ".join(pair.lines()))
+        print(f"[{cfg.name}] data: {dataset.report()}")
+    return Setup(cfg, trainer, dataset, processor, pair)
+
+
+def resume_point(output_dir: str, resume: bool) -> str | None:
+    """The last complete checkpoint when resuming; refuses to train over an existing run otherwise."""
+    shutil.rmtree(Path(output_dir) / STAGING_DIR, ignore_errors=True)  # leftovers of a killed save
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is not None and not resume:
+        raise FileExistsError(
+            f"{output_dir} already holds {Path(last).name}; pass --resume to continue it, or choose another train.output_dir"
+        )
+    return last
+
+
+def check_resumed_config(cfg: RunConfig, checkpoint: str) -> None:
+    stored = Path(checkpoint) / RUN_CONFIG_NAME
+    if stored.is_file() and read_yaml(stored) != to_dict(cfg):
+        print(f"warning: the config differs from the one stored in {checkpoint}; continuing with the new one")
+
+
+def save_final(s: Setup, summary: dict[str, Any]) -> Path:
+    """trainer.save_model gathers sharded weights (ZeRO-3) on every rank; rank 0 renames."""
+    out = Path(s.config.train.output_dir)
+    staging, final = out / STAGING_DIR / FINAL_DIR, out / FINAL_DIR
+    s.trainer.save_model(str(staging))
+    if s.trainer.is_world_process_zero():
+        save_config(s.config, staging / RUN_CONFIG_NAME)
+        (staging / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    s.trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def fit(s: Setup, checkpoint: str | None = None) -> Path:
+    """Train (from `checkpoint` when given) and save the final model."""
+    if checkpoint is not None:
+        check_resumed_config(s.config, checkpoint)
+        print(f"[{s.config.name}] resuming from {checkpoint}")
+    start = time.perf_counter()
+    result = s.trainer.train(resume_from_checkpoint=checkpoint)
+    summary = {
+        "name": s.config.name,
+        "global_step": result.global_step,
+        "train_loss": result.training_loss,
+        "seconds": round(time.perf_counter() - start, 1),
+        "data": s.dataset.report(),
+        "log_history": s.trainer.state.log_history,
+    }
+    final = save_final(s, summary)
+    if s.trainer.is_world_process_zero():
+        print(
+            f"[{s.config.name}] {result.global_step} steps in {summary['seconds']} s; model saved to {final}"
+        )
+        print(f"[{s.config.name}] data: {s.dataset.report()}")
+    return final
+
+
+def run_training(cfg: RunConfig, resume: bool = False) -> Path:
+    checkpoint = resume_point(cfg.train.output_dir, resume)  # before any loading: fail fast
+    return fit(setup(cfg), checkpoint)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20 loss.w_kd=0.5"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last complete checkpoint in train.output_dir"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    run_training(cfg, resume=args.resume)
+    return 0

@@ -1,0 +1,248 @@
+"""`DistillTrainer`: a transformers.Trainer whose loss is w_sft * L_sft + w_kd * L_kd.
+
+The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the loss
+terms are computed from its final hidden states at the supervised positions by the chunked
+functions of `distill.losses`. The frozen teacher runs under no_grad; under DeepSpeed it is
+wrapped the way TRL wraps reference models (sharded with ZeRO-3, replicated otherwise).
+
+Checkpoints are written to a hidden staging folder and renamed to `checkpoint-N` when complete,
+so a run killed while saving keeps its previous checkpoint, and `--resume` never picks a partial
+one. Each checkpoint holds the weights, the processor, the resolved run config and the optimizer,
+scheduler, RNG and trainer state.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from distill.configuration import save_config
+from distill.losses import chunked_cross_entropy, chunked_divergence, normalized_sum
+from distill.run_config import LossConfig
+
+STAGING_DIR = ".partial"
+RUN_CONFIG_NAME = "run_config.yaml"
+
+
+def prepare_deepspeed_teacher(teacher: torch.nn.Module, accelerator: Any) -> Any:
+    """Wrap a frozen model for DeepSpeed inference: ZeRO-3 shards it like the student; any other
+    stage keeps a full copy per device (stage 0). Follows TRL's `prepare_deepspeed`."""
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    stage = config["zero_optimization"]["stage"]
+    hidden = getattr(teacher.config.get_text_config(), "hidden_size", None)
+    if stage == 3 and hidden is not None:
+        config["zero_optimization"].update(
+            {
+                "reduce_bucket_size": hidden * hidden,
+                "stage3_param_persistence_threshold": 10 * hidden,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            }
+        )
+    if stage != 3:
+        config["zero_optimization"]["stage"] = 0
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+class DistillTrainer(Trainer):
+    """Trainer for SFT and logit distillation of LLaVA-style models."""
+
+    loss_is_scaled_for_ga = True  # compute_loss normalises by the tokens of the whole accumulated batch
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_config: LossConfig,
+        vocab_size: int,
+        teacher: torch.nn.Module | None = None,
+        run_config: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.vocab_size = vocab_size
+        self.run_config = run_config
+        self._term_sums: dict[str, Any] = defaultdict(float)
+        self._term_steps = 0
+        self.teacher = None
+        if teacher is not None and loss_config.w_kd > 0:
+            teacher.eval().requires_grad_(False)
+            if self.is_deepspeed_enabled:
+                self.teacher = prepare_deepspeed_teacher(teacher, self.accelerator)
+            else:
+                self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    # -- optimizer -------------------------------------------------------------------------------
+    def module_learning_rates(self) -> dict[str, float]:
+        """Parameter-name prefix -> peak learning rate, for the modules given their own rate."""
+        t = self.run_config.train if self.run_config is not None else None
+        rates = {}
+        if t is not None and t.vision_tower_lr is not None:
+            rates["model.vision_tower."] = t.vision_tower_lr
+        if t is not None and t.projector_lr is not None:
+            rates["model.multi_modal_projector."] = t.projector_lr
+        return rates
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """AdamW with one parameter group per (learning rate, weight decay) pair."""
+        rates = self.module_learning_rates()
+        if self.optimizer is not None or not rates:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = defaultdict(list)
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                lr = next(
+                    (rate for prefix, rate in rates.items() if name.startswith(prefix)),
+                    self.args.learning_rate,
+                )
+                groups[(lr, name in decay)].append(param)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        kwargs.pop("lr", None)
+        param_groups = [
+            {"params": params, "lr": lr, "weight_decay": self.args.weight_decay if decays else 0.0}
+            for (lr, decays), params in groups.items()
+        ]
+        self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **kwargs)
+        return self.optimizer
+
+    # -- loss ------------------------------------------------------------------------------------
+    def _teacher_hidden(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's final hidden states [B, T', H_t] and labels [B, T'] (its own view of the images)."""
+        prefix = "teacher_" if "teacher_input_ids" in inputs else ""
+        teacher = self.accelerator.unwrap_model(self.teacher)
+        with torch.no_grad():
+            hidden = teacher.model(
+                input_ids=inputs[f"{prefix}input_ids"],
+                attention_mask=inputs[f"{prefix}attention_mask"],
+                pixel_values=inputs.get(f"{prefix}pixel_values"),
+                use_cache=False,
+            ).last_hidden_state
+        return hidden, inputs[f"{prefix}labels"]
+
+    def loss_terms(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None
+    ) -> dict[str, torch.Tensor]:
+        """Each weighted term of the objective, normalised by the supervised-token count."""
+        cfg = self.loss_config
+        labels = inputs["labels"]
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs.get("pixel_values"),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+        mask = labels[:, 1:] != -100  # position t predicts token t+1
+        student_hidden = outputs.hidden_states[-1][:, :-1][mask]  # [N, H]
+        n_items = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+        head = self.accelerator.unwrap_model(model).lm_head
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.w_sft > 0:
+            nll = chunked_cross_entropy(
+                student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
+            )
+            terms["sft"] = normalized_sum(nll, n_items)
+        if cfg.w_kd > 0:
+            teacher_hidden, teacher_labels = self._teacher_hidden(inputs)
+            teacher_hidden = teacher_hidden[:, :-1][teacher_labels[:, 1:] != -100]  # [N, H_t]
+            per_position = chunked_divergence(
+                student_hidden,
+                teacher_hidden,
+                head,
+                self.accelerator.unwrap_model(self.teacher).lm_head,
+                cfg.divergence,
+                cfg.kl_chunk_size,
+                self.vocab_size,
+                cfg.temperature,
+                cfg.jsd_beta,
+                cfg.skew_alpha,
+            )
+            terms["kd"] = normalized_sum(per_position, n_items)
+        return terms
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        cfg = self.loss_config
+        terms = self.loss_terms(model, inputs, num_items_in_batch)
+        weights = {"sft": cfg.w_sft, "kd": cfg.w_kd}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        # Terms are normalised by the token count of the whole (all-process) batch; DDP averages
+        # gradients over processes, so scale back up (as Trainer.compute_loss does).
+        scale = (
+            self.accelerator.num_processes
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None
+            else 1
+        )
+        loss = loss * scale
+        if model.training:
+            for name, value in terms.items():
+                self._term_sums[name] = self._term_sums[name] + value.detach() * scale
+            self._term_steps += 1 / self.args.gradient_accumulation_steps
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._term_steps and "loss" in logs:
+            for name, total in self._term_sums.items():
+                logs[f"loss_{name}"] = round(float(total) / self._term_steps, 6)
+            self._term_sums.clear()
+            self._term_steps = 0
+        super().log(logs, *args, **kwargs)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Restore the weights through from_pretrained, which maps the checkpoint's saved key layout
+        (transformers 5 writes LLaVA's legacy names) back onto the model. Trainer's own loader
+        compares raw keys, finds none, and only warns. DeepSpeed restores from its own files."""
+        if self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        saved = type(target).from_pretrained(
+            resume_from_checkpoint, dtype=target.dtype, local_files_only=True
+        )
+        target.load_state_dict(saved.state_dict(), strict=True)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Write checkpoint-N under a staging folder, then rename it into place."""
+        run_dir = self.args.output_dir
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
+        self.args.output_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = run_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            staged = os.path.join(staging_root, name)
+            if self.run_config is not None:
+                save_config(self.run_config, os.path.join(staged, RUN_CONFIG_NAME))
+            target = os.path.join(run_dir, name)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(staged, target)
+            rotate_checkpoints(
+                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
+            )
+        self.accelerator.wait_for_everyone()

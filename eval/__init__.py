@@ -1,0 +1,1 @@
+"""eval: coming in a later issue."""

@@ -1,0 +1,1 @@
+"""export: coming in a later issue."""

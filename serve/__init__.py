@@ -1,0 +1,1 @@
+"""serve: coming in a later issue."""

@@ -1,0 +1,84 @@
+"""YAML configs load into dataclasses; overrides apply; bad keys and values name themselves."""
+
+from pathlib import Path
+
+import pytest
+
+from distill.configuration import ConfigError, load_config, parse_override, save_config
+from distill.run_config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "model:\n  path: some/checkpoint\n"
+
+
+def test_every_shipped_run_config_loads():
+    assert SHIPPED, "no configs shipped"
+    for path in SHIPPED:
+        cfg = load_config(RunConfig, path)
+        assert cfg.train.output_dir, path
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    cfg = load_config(
+        RunConfig,
+        write(tmp_path, BASE),
+        [
+            "train.max_steps=20",
+            "loss.temperature=2",
+            "train.learning_rate=5e-3",
+            "train.train_modules=[projector]",
+            "teacher.path=t",
+            "loss.w_kd=0.5",
+        ],
+    )
+    assert cfg.train.max_steps == 20
+    assert cfg.loss.temperature == 2.0 and isinstance(cfg.loss.temperature, float)
+    assert cfg.train.learning_rate == 5e-3
+    assert cfg.train.train_modules == ["projector"]
+    assert cfg.teacher.path == "t" and cfg.loss.w_kd == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        (BASE + "train:\n  max_step: 5\n", [], "unknown config key 'train.max_step'"),
+        (BASE, ["trian.max_steps=5"], "unknown config key 'trian'"),
+        (BASE, ["train.max_steps=many"], "train.max_steps: expected an integer"),
+        (BASE, ["loss.divergence=kl"], "loss.divergence: 'kl' is not one of"),
+        (BASE, ["loss.jsd_beta=2"], "loss.jsd_beta = 2.0 is outside the allowed range"),
+        (BASE, ["loss.w_kd=1"], "needs a teacher"),
+        ("model:\n  tokenizer: t\n", [], "exactly one of model.path"),
+        (BASE, ["train.train_modules=[eyes]"], "train.train_modules[0]"),
+        (BASE, ["train.max_steps"], "not of the form key.sub=value"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, text, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(RunConfig, write(tmp_path, text), overrides)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(RunConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(RunConfig, write(tmp_path, "model: [unclosed"))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(RunConfig, write(tmp_path, BASE), ["train.max_steps=7"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(RunConfig, tmp_path / "resolved.yaml") == cfg
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("--a=null") == ("a", None)

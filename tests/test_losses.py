@@ -1,0 +1,125 @@
+"""Divergences and the chunked (logits-from-hidden-states) forms."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import (
+    DIVERGENCES,
+    chunked_cross_entropy,
+    chunked_divergence,
+    normalized_sum,
+    per_position_divergence,
+)
+
+
+def _logits(n=7, v=11, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g) * scale
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergence_of_a_distribution_with_itself_is_zero(name):
+    logits = _logits()
+    assert torch.allclose(per_position_divergence(name, logits, logits.clone()), torch.zeros(7), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergences_are_positive_for_different_distributions(name):
+    assert (per_position_divergence(name, _logits(seed=1), _logits(seed=2)) > 0).all()
+
+
+def test_forward_kl_matches_the_definition():
+    t, s = _logits(seed=1), _logits(seed=2)
+    p, q = t.softmax(-1), s.softmax(-1)
+    expected = (p * (p.log() - q.log())).sum(-1)
+    assert torch.allclose(per_position_divergence("forward_kl", t, s), expected, atol=1e-5)
+    assert torch.allclose(
+        per_position_divergence("reverse_kl", t, s), (q * (q.log() - p.log())).sum(-1), atol=1e-5
+    )
+    assert torch.allclose(per_position_divergence("tvd", t, s), 0.5 * (p - q).abs().sum(-1), atol=1e-6)
+
+
+def test_jsd_limits_and_symmetry():
+    t, s = _logits(seed=1), _logits(seed=2)
+    fkl = per_position_divergence("forward_kl", t, s)
+    rkl = per_position_divergence("reverse_kl", t, s)
+    assert torch.allclose(per_position_divergence("jsd", t, s, jsd_beta=0.0), fkl)
+    assert torch.allclose(per_position_divergence("jsd", t, s, jsd_beta=1.0), rkl)
+    half = per_position_divergence("jsd", t, s, jsd_beta=0.5)
+    assert torch.allclose(half, per_position_divergence("jsd", s, t, jsd_beta=0.5), atol=1e-6)
+    assert (half <= math.log(2) + 1e-6).all()  # JSD is bounded by log 2
+
+
+def test_temperature_softens_both_distributions():
+    t, s = _logits(seed=1), _logits(seed=2)
+    hot = per_position_divergence("forward_kl", t, s, temperature=4.0)
+    assert torch.allclose(hot, per_position_divergence("forward_kl", t / 4, s / 4), atol=1e-6)
+    assert hot.mean() < per_position_divergence("forward_kl", t, s).mean()
+
+
+def test_normalized_sum_guards_an_empty_batch():
+    assert normalized_sum(torch.zeros(0), 0).item() == 0.0
+    assert normalized_sum(torch.tensor([1.0, 3.0]), 4).item() == 1.0
+    assert normalized_sum(torch.tensor([1.0, 3.0])).item() == 2.0
+
+
+def _heads(hs=16, ht=24, v=50, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(hs, v, bias=False), torch.nn.Linear(ht, v, bias=False)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("chunk_size", [1, 4, 100])
+def test_chunked_divergence_equals_naive_with_gradients(name, chunk_size):
+    student_head, teacher_head = _heads()
+    hidden = torch.randn(10, 16, requires_grad=True)
+    teacher_hidden = torch.randn(10, 24)
+
+    naive = per_position_divergence(name, teacher_head(teacher_hidden).detach(), student_head(hidden))
+    (naive * torch.arange(1.0, 11.0)).sum().backward()  # a non-uniform upstream gradient
+    grads = hidden.grad.clone(), student_head.weight.grad.clone()
+    hidden.grad, student_head.weight.grad = None, None
+
+    chunked = chunked_divergence(hidden, teacher_hidden, student_head, teacher_head, name, chunk_size)
+    teacher_head.weight.grad = None
+    (chunked * torch.arange(1.0, 11.0)).sum().backward()
+
+    assert torch.allclose(chunked, naive, atol=1e-6)
+    assert torch.allclose(hidden.grad, grads[0], atol=1e-6)
+    assert torch.allclose(student_head.weight.grad, grads[1], atol=1e-6)
+    assert teacher_head.weight.grad is None  # the teacher is never trained
+
+
+def test_chunked_divergence_truncates_to_the_shared_vocabulary():
+    student_head, _ = _heads(v=50)
+    teacher_head = torch.nn.Linear(24, 64, bias=False)  # a teacher with a padded LM head
+    hidden, teacher_hidden = torch.randn(5, 16), torch.randn(5, 24)
+    got = chunked_divergence(hidden, teacher_hidden, student_head, teacher_head, chunk_size=2, vocab_size=40)
+    want = per_position_divergence(
+        "forward_kl", teacher_head(teacher_hidden)[:, :40], student_head(hidden)[:, :40]
+    )
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_chunked_divergence_refuses_misaligned_positions():
+    student_head, teacher_head = _heads()
+    with pytest.raises(ValueError, match="supervised positions"):
+        chunked_divergence(torch.randn(5, 16), torch.randn(4, 24), student_head, teacher_head)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_chunked_cross_entropy_equals_torch(chunk_size):
+    head = torch.nn.Linear(16, 30)
+    hidden = torch.randn(9, 16, requires_grad=True)
+    targets = torch.randint(0, 30, (9,))
+    got = chunked_cross_entropy(hidden, head, targets, chunk_size)
+    got.sum().backward()
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    want = F.cross_entropy(head(hidden), targets, reduction="none")
+    want.sum().backward()
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(grad, hidden.grad, atol=1e-6)
