@@ -1,1 +1,4 @@
-"""demo: coming in a later issue."""
+"""demo: a Gradio image chat on top of serve's engines (`python -m demo --model PATH`).
+
+Not built yet (issue 6).
+"""

@@ -149,6 +149,12 @@ class LlavaDataset(Dataset):
             raise DataError(f"too long: no response token left within max_length={view.max_length}")
         return ids, labels
 
+    @property
+    def lengths(self) -> list[int]:
+        """Expanded (student) sequence length of each example, for length-grouped batching."""
+        n_image = self.views["student"].num_image_tokens - 1
+        return [len(ids) + (n_image if name is not None else 0) for ids, _, name, _ in self.examples]
+
     # -- per-item work ------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.examples)

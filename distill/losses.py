@@ -51,8 +51,10 @@ def per_position_divergence(
     skew_alpha: float = 0.1,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N]."""
-    t_log = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s_log = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if temperature != 1.0:
+        teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
+    t_log = F.log_softmax(teacher_logits.float(), dim=-1)
+    s_log = F.log_softmax(student_logits.float(), dim=-1)
     if name == "forward_kl":
         return _kl_from_logprobs(t_log, s_log)
     if name == "reverse_kl":

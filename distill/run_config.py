@@ -130,14 +130,24 @@ class TrainConfig:
     epochs: float = 1.0  # passes over the data when max_steps is -1
     batch_size: int = 8  # per device
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 2e-5  # peak learning rate
+    learning_rate: float = (
+        2e-5  # peak learning rate (of AdamW; with optimizer muon, of the non-matrix weights)
+    )
+    optimizer: Literal["adamw", "muon"] = (
+        "adamw"  # muon: Muon for hidden matrices + AdamW (single process / DDP)
+    )
+    muon_lr: float = 2e-3  # peak learning rate of the Muon-updated matrices (AdamW-matched RMS scale)
     vision_tower_lr: float | None = None  # peak learning rate of the vision tower (default: learning_rate)
     projector_lr: float | None = None  # peak learning rate of the projector (LLaVA's mm_projector_lr)
     weight_decay: float = 0.0  # AdamW weight decay
+    adam_beta2: float = 0.999  # AdamW second-moment decay (0.95-0.98 steadies small models at high rates)
     warmup_ratio: float = 0.03  # share of steps with linear warm-up
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     max_grad_norm: float = 1.0  # gradient clipping
-    bf16: Literal["auto", "true", "false"] = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 on CPU
+    bf16: bool | Literal["auto"] = "auto"  # bf16 autocast; auto: on a GPU that supports it, fp32 elsewhere
+    group_by_length: bool = (
+        False  # batch records of similar length together (less padding; batches then mix fewer record kinds)
+    )
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     seed: int = 0  # seeds data order, dropout and initialisation
     logging_steps: int = 10  # log the loss terms every N steps
@@ -159,6 +169,14 @@ class TrainConfig:
         check_range("train.logging_steps", self.logging_steps, 1)
         if not self.train_modules:
             raise ConfigError("train.train_modules is empty: nothing would be trained")
+        if self.optimizer == "muon" and self.deepspeed is not None:
+            raise ConfigError(
+                "train.optimizer=muon needs whole weight matrices per process; it cannot run under DeepSpeed ZeRO"
+            )
+        if self.optimizer == "muon" and (self.vision_tower_lr is not None or self.projector_lr is not None):
+            raise ConfigError(
+                "train.vision_tower_lr and train.projector_lr apply to AdamW only; unset them with optimizer=muon"
+            )
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError("train.max_steps must be positive, or -1 to train for train.epochs")
 

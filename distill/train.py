@@ -81,10 +81,10 @@ def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[
     return teacher, teacher_processor, report
 
 
-def use_bf16(setting: str) -> bool:
+def use_bf16(setting: bool | str) -> bool:
     if setting == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return setting == "true"
+    return bool(setting)
 
 
 def deepspeed_config(cfg: RunConfig) -> str | None:
@@ -107,6 +107,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2,
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
@@ -121,6 +122,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         optim="adamw_torch",
         use_cpu=not torch.cuda.is_available(),
     )
@@ -200,7 +202,7 @@ def save_final(s: Setup, summary: dict[str, Any]) -> Path:
 
 def fit(s: Setup, checkpoint: str | None = None) -> Path:
     """Train (from `checkpoint` when given) and save the final model."""
-    if checkpoint is not None:
+    if checkpoint is not None and s.trainer.is_world_process_zero():
         check_resumed_config(s.config, checkpoint)
         print(f"[{s.config.name}] resuming from {checkpoint}")
     start = time.perf_counter()

@@ -21,13 +21,32 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
-from distill.configuration import save_config
+from distill.configuration import ConfigError, save_config
 from distill.losses import chunked_cross_entropy, chunked_divergence, normalized_sum
+from distill.optim import MuonWithAdamW
 from distill.run_config import LossConfig
 
 STAGING_DIR = ".partial"
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from seed + epoch, so a resumed run replays the same batches."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 RUN_CONFIG_NAME = "run_config.yaml"
 
 
@@ -84,6 +103,15 @@ class DistillTrainer(Trainer):
             else:
                 self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
+    # -- data order --------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Length-grouped batches from the dataset's own token counts (no pass over the images)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochSeededLengthSampler(batch, dataset.lengths, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
     # -- optimizer -------------------------------------------------------------------------------
     def module_learning_rates(self) -> dict[str, float]:
         """Parameter-name prefix -> peak learning rate, for the modules given their own rate."""
@@ -96,7 +124,20 @@ class DistillTrainer(Trainer):
         return rates
 
     def create_optimizer(self, model: Any = None) -> Any:
-        """AdamW with one parameter group per (learning rate, weight decay) pair."""
+        """Muon + AdamW when configured; else AdamW with one group per (learning rate, weight decay)."""
+        t = self.run_config.train if self.run_config is not None else None
+        if self.optimizer is None and t is not None and t.optimizer == "muon":
+            if self.is_deepspeed_enabled:
+                raise ConfigError("train.optimizer=muon cannot run under DeepSpeed ZeRO; use adamw")
+            self.optimizer = MuonWithAdamW.for_model(
+                self.model if model is None else model,
+                self.args.learning_rate,
+                t.muon_lr,
+                self.args.weight_decay,
+                (self.args.adam_beta1, self.args.adam_beta2),
+                self.args.adam_epsilon,
+            )
+            return self.optimizer
         rates = self.module_learning_rates()
         if self.optimizer is not None or not rates:
             return super().create_optimizer(model)

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "distill", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_help_lists_every_command():
@@ -43,14 +45,28 @@ def test_bad_config_key_is_one_clear_line(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
-        "error: unknown config key 'train.max_stepz' (known keys under 'train.': " + err.split("(known keys under 'train.': ")[1].strip()
+        "error: unknown config key 'train.max_stepz' (known keys under 'train.': "
+        + err.split("(known keys under 'train.': ")[1].strip()
     )
     assert "Traceback" not in err
 
 
 def test_check_reports_a_pair_and_data(shapes, student_dir, teacher_dir, capsys):
-    assert main(["check", "--student", str(student_dir), "--teacher", str(teacher_dir),
-                 "--data", str(shapes / "train.json"), "--verify-images"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "--student",
+                str(student_dir),
+                "--teacher",
+                str(teacher_dir),
+                "--data",
+                str(shapes / "train.json"),
+                "--verify-images",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "shared vocabulary" in out and "records used, 0 skipped" in out and "ok:" in out
 
@@ -71,14 +87,30 @@ def test_check_refuses_a_teacher_with_another_vocabulary(tmp_path, student_dir, 
 
 def test_train_command_runs_a_config_with_overrides(tmp_path, shapes):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": {"tokenizer": str(shapes / "tokenizer"), "arch": {
-            "image_size": 32, "patch_size": 16, "vision_hidden_size": 32, "vision_layers": 1, "vision_heads": 2,
-            "vision_intermediate_size": 64, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-            "intermediate_size": 64}},
-        "data": {"train_json": str(shapes / "train.json")},
-        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 50, "report_to": "none"},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "tokenizer": str(shapes / "tokenizer"),
+                    "arch": {
+                        "image_size": 32,
+                        "patch_size": 16,
+                        "vision_hidden_size": 32,
+                        "vision_layers": 1,
+                        "vision_heads": 2,
+                        "vision_intermediate_size": 64,
+                        "hidden_size": 32,
+                        "num_layers": 1,
+                        "num_heads": 2,
+                        "num_kv_heads": 1,
+                        "intermediate_size": 64,
+                    },
+                },
+                "data": {"train_json": str(shapes / "train.json")},
+                "train": {"output_dir": str(tmp_path / "out"), "max_steps": 50, "report_to": "none"},
+            }
+        )
+    )
     done = cli("train", str(cfg), "train.max_steps=2", "train.batch_size=2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 steps" in done.stdout

@@ -2,14 +2,14 @@
 
 | family          | benchmark style | example                                              | answer        |
 |-----------------|-----------------|------------------------------------------------------|---------------|
-| colour          | GQA             | What color is the circle?                            | red           |
-| shape           | GQA             | What shape is at the top left?                       | square        |
+| colour          | GQA             | What color are the circles?                          | red           |
+| shape           | GQA             | What shape is in the image?                          | square        |
 | count           | GQA             | How many shapes are there?                           | 3             |
-| position        | GQA             | Where is the blue triangle?                          | bottom right  |
+| position        | GQA             | Where is the blue triangle? / Where is the sign?     | bottom right  |
 | reading         | TextVQA         | What word is written in the image?                   | cat           |
 | yes/no          | POPE, MME       | Is there a red circle in the image?                  | Yes           |
-| multiple-choice | ScienceQA, MMB  | Which shape is blue?\nA. circle\nB. square           | B             |
-| caption         | -               | Describe the image briefly.                          | A red circle. |
+| multiple-choice | ScienceQA, MMB  | Which shape is shown in the picture?\nA. circle ...  | B             |
+| caption         | -               | Describe the image briefly.                          | Two red circles. |
 | description     | -               | Describe the image in detail.                        | 30-80 tokens  |
 
 Every generator takes a scene and a `random.Random` and returns a `Question` (or None when the
@@ -60,47 +60,41 @@ class Question:
         return self.text + self.suffix
 
 
-def _unique(values: list[str]) -> list[str]:
-    return [v for v in values if values.count(v) == 1]
-
-
 def colour_question(scene: Scene, rng: random.Random) -> Question | None:
-    kinds = _unique(scene.kinds())
-    if kinds and rng.random() < 0.5:
-        kind = rng.choice(kinds)
-        shape = next(s for s in scene.shapes if s.kind == kind)
-        text = f"What color is the {kind}?"
+    if scene.count == 1:
+        text = rng.choice([f"What color is the {scene.kind}?", "What color is the shape?"])
     else:
-        shape = rng.choice(scene.shapes)
-        text = f"What color is the shape at the {shape.position}?"
-    return Question("colour", "gqa", text, shape.colour, n_choices=len(COLOURS))
+        text = rng.choice([f"What color are the {scene.kind}s?", "What color are the shapes?"])
+    return Question("colour", "gqa", text, scene.colour, n_choices=len(COLOURS))
 
 
 def shape_question(scene: Scene, rng: random.Random) -> Question | None:
-    colours = _unique(scene.colours())
-    if colours and rng.random() < 0.4:
-        colour = rng.choice(colours)
-        shape = next(s for s in scene.shapes if s.colour == colour)
-        text = f"What shape is {colour}?"
-    else:
-        shape = rng.choice(scene.shapes)
-        text = f"What shape is at the {shape.position}?"
-    return Question("shape", "gqa", text, shape.kind, n_choices=len(SHAPES))
+    verb = "is" if scene.count == 1 else "are"
+    text = rng.choice(
+        [
+            "What shape is in the image?",
+            f"What shape {verb} {scene.colour}?",
+            f"What is the shape of the {scene.colour} object{'s' if scene.count > 1 else ''}?",
+        ]
+    )
+    return Question("shape", "gqa", text, scene.kind, n_choices=len(SHAPES))
 
 
 def count_question(scene: Scene, rng: random.Random) -> Question | None:
     if rng.random() < 0.5:
-        return Question("count", "gqa", "How many shapes are there?", str(len(scene.shapes)), n_choices=4)
-    kind = rng.choice(scene.kinds()) if rng.random() < 0.75 else rng.choice(SHAPES)
-    answer = str(scene.kinds().count(kind))
+        return Question("count", "gqa", "How many shapes are there?", str(scene.count), n_choices=4)
+    kind = scene.kind if rng.random() < 0.6 else rng.choice([k for k in SHAPES if k != scene.kind])
+    answer = str(scene.count if kind == scene.kind else 0)
     return Question("count", "gqa", f"How many {kind}s are there?", answer, n_choices=5)
 
 
 def position_question(scene: Scene, rng: random.Random) -> Question | None:
-    shape = rng.choice(scene.shapes)
-    return Question(
-        "position", "gqa", f"Where is the {shape.name}?", shape.position, n_choices=len(POSITIONS)
-    )
+    if scene.word is not None and rng.random() < 0.25:
+        return Question("position", "gqa", "Where is the sign?", POSITIONS[scene.word_cell], n_choices=4)  # type: ignore[index]
+    if scene.count != 1:
+        return None
+    text = rng.choice([f"Where is the {scene.object}?", f"Where is the {scene.kind}?"])
+    return Question("position", "gqa", text, scene.shapes[0].position, n_choices=len(POSITIONS))
 
 
 def reading_question(scene: Scene, rng: random.Random) -> Question | None:
@@ -112,14 +106,12 @@ def reading_question(scene: Scene, rng: random.Random) -> Question | None:
 
 def absent_object(scene: Scene, rng: random.Random, strategy: str) -> str:
     """A POPE negative: random (any absent object), popular (the most frequent absent objects) or
-    adversarial (an absent object sharing the colour or the shape of a present one)."""
-    present = scene.objects()
-    absent = [o for o in ALL_OBJECTS if o not in present]
+    adversarial (an absent object sharing the colour or the shape of the present one)."""
+    absent = [o for o in ALL_OBJECTS if o != scene.object]
     if strategy == "popular":
-        return rng.choice([o for o in POPULAR_OBJECTS if o not in present][:3])
+        return rng.choice([o for o in POPULAR_OBJECTS if o != scene.object][:3])
     if strategy == "adversarial":
-        near = [o for o in absent if any(set(o.split()) & set(p.split()) for p in present)]
-        return rng.choice(near or absent)
+        return rng.choice([o for o in absent if set(o.split()) & {scene.colour, scene.kind}])
     return rng.choice(absent)
 
 
@@ -128,7 +120,7 @@ def pope_question(
 ) -> Question:
     category = category or rng.choice(["random", "popular", "adversarial"])
     label = rng.random() < 0.5 if label is None else label
-    obj = rng.choice(sorted(scene.objects())) if label else absent_object(scene, rng, category)
+    obj = scene.object if label else absent_object(scene, rng, category)
     return Question(
         "yes/no",
         "pope",
@@ -140,12 +132,12 @@ def pope_question(
 
 
 def _mme_existence(scene: Scene, rng: random.Random, label: bool) -> str | None:
-    obj = rng.choice(sorted(scene.objects())) if label else absent_object(scene, rng, "adversarial")
+    obj = scene.object if label else absent_object(scene, rng, "adversarial")
     return f"Is there {article(obj)} in this image?"
 
 
 def _mme_count(scene: Scene, rng: random.Random, label: bool) -> str | None:
-    n = len(scene.shapes) if label else rng.choice([k for k in range(1, 5) if k != len(scene.shapes)])
+    n = scene.count if label else rng.choice([k for k in range(1, 5) if k != scene.count])
     return (
         f"Are there {NUMBER_WORDS[n]} shapes in this image?"
         if n != 1
@@ -154,19 +146,20 @@ def _mme_count(scene: Scene, rng: random.Random, label: bool) -> str | None:
 
 
 def _mme_position(scene: Scene, rng: random.Random, label: bool) -> str | None:
-    shape = rng.choice(scene.shapes)
-    position = shape.position if label else rng.choice([p for p in POSITIONS if p != shape.position])
-    return f"Is the {shape.name} at the {position} of the image?"
+    if scene.count != 1:
+        return None
+    actual = scene.shapes[0].position
+    position = actual if label else rng.choice([p for p in POSITIONS if p != actual])
+    return f"Is the {scene.object} at the {position} of the image?"
 
 
 def _mme_color(scene: Scene, rng: random.Random, label: bool) -> str | None:
-    kinds = _unique(scene.kinds())
-    if not kinds:
-        return None
-    kind = rng.choice(kinds)
-    shape = next(s for s in scene.shapes if s.kind == kind)
-    colour = shape.colour if label else rng.choice([c for c in COLOURS if c != shape.colour])
-    return f"Is the {shape.kind} in this image {colour}?"
+    colour = scene.colour if label else rng.choice([c for c in COLOURS if c != scene.colour])
+    return (
+        f"Is the {scene.kind} in this image {colour}?"
+        if scene.count == 1
+        else f"Are the {scene.kind}s in this image {colour}?"
+    )
 
 
 def _mme_ocr(scene: Scene, rng: random.Random, label: bool) -> str | None:
@@ -202,18 +195,18 @@ def mme_pair(scene: Scene, rng: random.Random, category: str) -> list[Question] 
 
 def _choice_stem(scene: Scene, rng: random.Random) -> tuple[str, str, list[str]]:
     """A multiple-choice question: (question, correct option, option pool)."""
-    kinds = _unique(scene.kinds())
     skill = rng.choice(["colour", "shape", "count", "position"])
-    if skill == "colour" and kinds:
-        kind = rng.choice(kinds)
-        shape = next(s for s in scene.shapes if s.kind == kind)
-        return f"Which color is the {kind}?", shape.colour, list(COLOURS)
+    if skill == "colour":
+        return (
+            f"Which color {'is the ' + scene.kind if scene.count == 1 else 'are the ' + scene.kind + 's'}?",
+            scene.colour,
+            list(COLOURS),
+        )
     if skill == "count":
-        return "How many shapes are in the picture?", str(len(scene.shapes)), ["1", "2", "3", "4"]
-    shape = rng.choice(scene.shapes)
-    if skill == "position":
-        return f"Where is the {shape.name}?", shape.position, list(POSITIONS)
-    return f"Which shape is at the {shape.position}?", shape.kind, list(SHAPES)
+        return "How many shapes are in the picture?", str(scene.count), ["1", "2", "3", "4"]
+    if skill == "position" and scene.count == 1:
+        return f"Where is the {scene.object}?", scene.shapes[0].position, list(POSITIONS)
+    return "Which shape is shown in the picture?", scene.kind, list(SHAPES)
 
 
 def _options(correct: str, pool: list[str], n: int, rng: random.Random) -> list[str]:
@@ -287,8 +280,12 @@ def caption(scene: Scene, rng: random.Random) -> Question:
     prompt = rng.choice(
         ["Describe the image briefly.", "Write a short caption for the image.", "What is in the image?"]
     )
-    names = _join([article(s.name) for s in scene.shapes])
-    text = names[0].upper() + names[1:] + "."
+    n = scene.count
+    text = (
+        f"{article(scene.object).capitalize()}."
+        if n == 1
+        else f"{NUMBER_WORDS[n].capitalize()} {scene.object}s."
+    )
     if scene.word is not None:
         text += f' The word "{scene.word}" is written on a sign.'
     return Question("caption", "caption", prompt, text, suffix="")
@@ -296,9 +293,9 @@ def caption(scene: Scene, rng: random.Random) -> Question:
 
 def description(scene: Scene, rng: random.Random) -> Question:
     prompt = rng.choice(["Describe the image in detail.", "Give a detailed description of the picture."])
-    n = len(scene.shapes)
-    count = "one shape" if n == 1 else f"{NUMBER_WORDS[n]} shapes"
-    sentences = [f"The image shows {count} on a light background."]
+    n = scene.count
+    what = article(scene.object) if n == 1 else f"{NUMBER_WORDS[n]} {scene.object}s"
+    sentences = [f"The image shows {what} on a light background."]
     for shape in scene.shapes:
         size = "large" if shape.size >= 23 else "small" if shape.size <= 20 else "medium"
         sentences.append(f"In the {shape.position} corner there is {article(size + ' ' + shape.name)}.")
@@ -311,8 +308,11 @@ def description(scene: Scene, rng: random.Random) -> Question:
     empty = [POSITIONS[c] for c in range(4) if c not in occupied]
     if empty:
         sentences.append(f"The {_join(empty)} {'corner is' if len(empty) == 1 else 'corners are'} empty.")
-    colours = sorted({s.colour for s in scene.shapes})
-    sentences.append(f"The colors in the picture are {_join(colours)}.")
+    sentences.append(
+        f"All the shapes are {scene.colour} {scene.kind}s."
+        if n > 1
+        else f"The only shape is {article(scene.kind)}."
+    )
     return Question("description", "description", prompt, " ".join(sentences), suffix="")
 
 
@@ -350,22 +350,29 @@ SHORT_ANSWER_GENERATORS = {
 }
 
 
-def random_question(scene: Scene, rng: random.Random) -> Question:
-    """One training question from a mixture of all families (LLaVA-665k style VQA turns)."""
+def random_questions(scene: Scene, rng: random.Random) -> list[Question]:
+    """Training questions from a mixture of all families (LLaVA-665k style VQA turns): one
+    question, or for yes/no a contrastive pair about the same image, one answered Yes and one No
+    in random order (a model must read the question to tell them apart)."""
     while True:
         kind = rng.choices(
             ["colour", "shape", "count", "position", "reading", "pope", "mme", "sqa", "mmbench"],
-            weights=[3, 3, 3, 3, 3, 2, 2, 2, 2],
+            weights=[2, 2, 2, 2, 3, 2, 2, 3, 3],
         )[0]
         if kind in SHORT_ANSWER_GENERATORS:
-            question = SHORT_ANSWER_GENERATORS[kind](scene, rng)
+            questions = [SHORT_ANSWER_GENERATORS[kind](scene, rng)]
         elif kind == "pope":
-            question = pope_question(scene, rng)
+            category = rng.choice(["random", "popular", "adversarial"])
+            questions = [
+                pope_question(scene, rng, category, label=True),
+                pope_question(scene, rng, category, label=False),
+            ]
         elif kind == "mme":
-            question = mme_question(scene, rng, rng.choice(list(MME_CATEGORIES)), rng.random() < 0.5)
+            questions = mme_pair(scene, rng, rng.choice(list(MME_CATEGORIES))) or [None]
         elif kind == "sqa":
-            question = sqa_question(scene, rng)
+            questions = [sqa_question(scene, rng)]
         else:
-            question = mmbench_question(scene, rng)
-        if question is not None:
-            return question
+            questions = [mmbench_question(scene, rng)]
+        if None not in questions:
+            rng.shuffle(questions)
+            return questions  # type: ignore[return-value]

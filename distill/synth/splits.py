@@ -15,12 +15,13 @@ from distill.synth.questions import (
     mmbench_question,
     mme_pair,
     pope_question,
-    random_question,
+    random_questions,
     sqa_question,
     text_only_sqa_question,
 )
 from distill.synth.world import Scene
 
+TURN_WORD_BUDGET = 90  # about 200 tokens with the chat template and the image tokens
 TEXT_ONLY_SHARE = 0.03  # share of training records without an image (LLaVA-665k has text-only ShareGPT turns)
 
 
@@ -34,15 +35,24 @@ def _turns(questions: list[Question], with_image: bool) -> list[dict[str, str]]:
 
 
 def train_record(record_id: str, scene: Scene, image: str, rng: random.Random) -> dict[str, Any]:
-    """One image, one conversation: a caption, a long description, or 2-5 VQA turns."""
+    """One image, one conversation: sometimes a caption or a long description first, then VQA
+    turns until the conversation holds about TURN_WORD_BUDGET words.
+
+    Filling every record to a similar length keeps padding low, so a step spends its compute on
+    answers rather than on pad tokens (a tiny model on CPU is compute-bound: time grows with tokens).
+    """
     roll = rng.random()
-    if roll < 0.12:
-        questions = [caption(scene, rng)]
-    elif roll < 0.27:
-        questions = [description(scene, rng)]
-    else:
-        questions = [random_question(scene, rng) for _ in range(rng.randint(2, 5))]
+    questions = [caption(scene, rng)] if roll < 0.05 else [description(scene, rng)] if roll < 0.12 else []
+    words = sum(_word_count(q) for q in questions)
+    while words < TURN_WORD_BUDGET:
+        turns = random_questions(scene, rng)
+        questions.extend(turns)
+        words += sum(_word_count(q) for q in turns)
     return {"id": record_id, "image": image, "conversations": _turns(questions, with_image=True)}
+
+
+def _word_count(question: Question) -> int:
+    return len(question.prompt.split()) + len(question.answer.split())
 
 
 def text_only_record(record_id: str, rng: random.Random) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""compose.yaml, the Dockerfile, and the accelerate / DeepSpeed configs: parsed and cross-checked
+(no Docker engine runs here; users build the images)."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instructions(path):
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        current += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [(line.split()[0].upper(), line[len(line.split()[0]) :].strip()) for line in lines]
+
+
+def test_compose_train_service_runs_the_train_script_on_gpus():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    train = compose["services"]["train"]
+    assert train["build"]["dockerfile"] == "docker/Dockerfile"
+    assert (ROOT / train["build"]["context"] / train["build"]["dockerfile"]).is_file()
+    assert train["command"] == ["bash", "docker/train.sh"]
+    assert train["environment"]["CONFIG"] == "${CONFIG:-tiny}"
+    devices = train["deploy"]["resources"]["reservations"]["devices"][0]
+    assert devices["driver"] == "nvidia" and "gpu" in devices["capabilities"]
+    mounts = {v.split(":")[1] for v in train["volumes"]}
+    assert {"/workspace/kit/data", "/workspace/kit/runs"} <= mounts
+
+
+def test_dockerfile_builds_on_a_cuda_pytorch_base_and_installs_the_kit():
+    instructions = dockerfile_instructions(ROOT / "docker" / "Dockerfile")
+    kinds = [kind for kind, _ in instructions]
+    assert kinds[0] == "ARG" and kinds[1] == "FROM"
+    base = dict(instructions)["ARG"].split("=", 1)[1]
+    assert base.startswith("pytorch/pytorch:2.13.0-cuda")  # matches the torch pin of pyproject.toml
+    assert "torch==2.13.0" in (ROOT / "pyproject.toml").read_text()
+    runs = " ".join(arg for kind, arg in instructions if kind == "RUN")
+    assert "pip install" in runs and "train" in runs
+    copies = [arg.split()[0] for kind, arg in instructions if kind == "COPY"]
+    for source in copies:
+        assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    assert dict(instructions)["CMD"] == '["bash", "docker/train.sh"]'
+
+
+def test_train_script_launches_through_accelerate():
+    script = (ROOT / "docker" / "train.sh").read_text()
+    assert "accelerate launch --config_file" in script
+    assert "python -m distill quickstart --launcher accelerate" in script
+    assert re.search(r'ACCELERATE_CONFIG="\$\{ACCELERATE_CONFIG:-(configs/accelerate/zero2.yaml)\}"', script)
+    for word in shlex.split(script, comments=True):
+        if word.startswith("configs/"):
+            assert (ROOT / word.split("}")[0]).exists(), word
+
+
+def test_accelerate_configs_point_at_existing_deepspeed_files():
+    for path in (ROOT / "configs" / "accelerate").glob("*.yaml"):
+        config = yaml.safe_load(path.read_text())
+        if config["distributed_type"] == "DEEPSPEED":
+            ds_file = ROOT / config["deepspeed_config"]["deepspeed_config_file"]
+            assert ds_file.is_file(), path
+            assert json.loads(ds_file.read_text())["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_deepspeed_configs_leave_sizes_to_the_trainer():
+    for stage in (2, 3):
+        config = json.loads((ROOT / "configs" / "deepspeed" / f"zero{stage}.json").read_text())
+        assert config["zero_optimization"]["stage"] == stage
+        assert config["train_micro_batch_size_per_gpu"] == "auto"
+        assert config["gradient_accumulation_steps"] == "auto"
+    assert (
+        json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text())["zero_optimization"][
+            "stage3_gather_16bit_weights_on_model_save"
+        ]
+        is True
+    )

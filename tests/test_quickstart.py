@@ -1,0 +1,38 @@
+"""The main job end to end at a few steps per stage: data, teacher, KD and SFT students, table."""
+
+import json
+
+import pytest
+
+from distill.__main__ import main
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
+    args = [
+        "quickstart",
+        "--data",
+        str(tmp_path / "shapes"),
+        "--out",
+        str(tmp_path / "runs"),
+        "--per-family",
+        "3",
+        "--overrides",
+        "train.max_steps=2",
+        "train.save_steps=1",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for stage in ("teacher", "student-kd", "student-sft"):
+        assert (tmp_path / "runs" / stage / "final" / "model.safetensors").is_file()
+        assert f"== {stage}: done" in out
+    table = (tmp_path / "runs" / "heldout.md").read_text()
+    assert "| family | teacher | student-kd | student-sft | chance |" in table
+    for family in ("colour", "shape", "count", "position", "reading", "yes/no", "multiple-choice", "overall"):
+        assert f"| {family} (n=" in table
+    results = json.loads((tmp_path / "runs" / "heldout.json").read_text())
+    assert results["student-kd"]["llm_parameters"] * 4 <= results["teacher"]["llm_parameters"]
+
+    assert main(args) == 0  # a second run reuses everything
+    again = capsys.readouterr().out
+    assert again.count("already trained") == 3
