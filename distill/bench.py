@@ -105,6 +105,7 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "train.report_to=none",
         "train.save_steps=100000",
         f"data.train_json={spec['data']}",
+        f"model.vision_init={spec['teacher']}",  # the student shares the teacher's vision tower
     ]
     if spec["mode"] == "kd":
         overrides += [f"teacher.path={spec['teacher']}", "loss.w_kd=1.0"]
@@ -123,7 +124,6 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": peak_rss_mib(),
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "cuda_peak_mib": device_peak_mib(),
-        "tokens_per_step": None,
     }
 
 
@@ -271,7 +271,9 @@ def run(args: argparse.Namespace) -> int:
     print(report(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(results, indent=1))
+    partial.replace(out)
     print(f"figures written to {out}")
     return 0
 

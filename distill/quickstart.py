@@ -24,6 +24,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
 from distill.run_config import RunConfig
@@ -51,6 +53,18 @@ def stage_overrides(name: str, data: Path, out: Path, extra: list[str]) -> list[
     return overrides + extra
 
 
+def launcher_overrides(accelerate_config: str | Path) -> list[str]:
+    """Overrides an accelerate config forces on the tiny configs. Muon orthogonalises whole weight
+    matrices, while DeepSpeed ZeRO steps the optimizer on flat partitions of them, so under
+    DeepSpeed the tiny stages train with AdamW instead (and say so)."""
+    path = Path(accelerate_config)
+    settings = yaml.safe_load((path if path.is_absolute() else ROOT / path).read_text()) or {}
+    if settings.get("distributed_type") == "DEEPSPEED":
+        print("note: DeepSpeed cannot step Muon; the tiny stages train with AdamW (train.optimizer=adamw)")
+        return ["train.optimizer=adamw"]
+    return []
+
+
 def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: argparse.Namespace) -> None:
     run_dir = out / name
     resume = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
@@ -68,6 +82,7 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
         "distill",
         "train",
         str(config),
+        *launcher_overrides(args.accelerate_config),
         *overrides,
         *(["--resume"] if resume else []),
     ]

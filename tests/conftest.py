@@ -39,6 +39,12 @@ def tiny_arch(**changes) -> ArchConfig:
     return ArchConfig(**{**TINY, **changes})
 
 
+@pytest.fixture
+def one_layer_arch() -> dict:
+    """The `model.arch` mapping of a one-layer LLM, for run configs written to YAML by a test."""
+    return {**TINY, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -86,28 +86,19 @@ def save_llm(tmp_path, tokenizer, family="qwen2"):
     return path, model
 
 
+def build_student(vision_path, llm_path, out, *options):
+    """Run `distill build-student` and load what it wrote."""
+    command = ["build-student", "--vision", str(vision_path), "--llm", str(llm_path), "--out", str(out)]
+    assert main([*command, *options]) == 0
+    return load_llava(out)
+
+
 @pytest.mark.parametrize("vision_kind", ["siglip", "siglip-dual", "clip"])
 def test_assembled_student_keeps_both_halves(tmp_path, tokenizer, vision_kind):
     vision_path, vision = save_vision(tmp_path, vision_kind)
     llm_path, llm = save_llm(tmp_path, tokenizer)
     strategy = "default" if vision_kind == "clip" else "full"
-    assert (
-        main(
-            [
-                "build-student",
-                "--vision",
-                str(vision_path),
-                "--llm",
-                str(llm_path),
-                "--out",
-                str(tmp_path / "s"),
-                "--strategy",
-                strategy,
-            ]
-        )
-        == 0
-    )
-    student, processor = load_llava(tmp_path / "s")
+    student, processor = build_student(vision_path, llm_path, tmp_path / "s", "--strategy", strategy)
     tower = vision.vision_model if vision_kind == "siglip-dual" else vision
     for name, value in tower.state_dict().items():
         assert torch.equal(student.model.vision_tower.state_dict()[name], value), name
@@ -159,21 +150,7 @@ def test_the_image_token_is_added_when_the_llm_lacks_it(tmp_path):
     ).save_pretrained(llm_path)
     plain.save_pretrained(llm_path)
     vision_path, _ = save_vision(tmp_path, "siglip")
-    assert (
-        main(
-            [
-                "build-student",
-                "--vision",
-                str(vision_path),
-                "--llm",
-                str(llm_path),
-                "--out",
-                str(tmp_path / "s"),
-            ]
-        )
-        == 0
-    )
-    student, processor = load_llava(tmp_path / "s")
+    student, processor = build_student(vision_path, llm_path, tmp_path / "s")
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert image_id == student.config.image_token_id == len(words)
     assert student.config.text_config.vocab_size >= len(words) + 1  # embeddings grew for the new token

@@ -85,26 +85,14 @@ def test_check_refuses_a_teacher_with_another_vocabulary(tmp_path, student_dir, 
     assert "vocabularies differ" in capsys.readouterr().err
 
 
-def test_train_command_runs_a_config_with_overrides(tmp_path, shapes):
+def test_train_command_runs_a_config_with_overrides(tmp_path, shapes, one_layer_arch):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "model": {
                     "tokenizer": str(shapes / "tokenizer"),
-                    "arch": {
-                        "image_size": 32,
-                        "patch_size": 16,
-                        "vision_hidden_size": 32,
-                        "vision_layers": 1,
-                        "vision_heads": 2,
-                        "vision_intermediate_size": 64,
-                        "hidden_size": 32,
-                        "num_layers": 1,
-                        "num_heads": 2,
-                        "num_kv_heads": 1,
-                        "intermediate_size": 64,
-                    },
+                    "arch": one_layer_arch,
                 },
                 "data": {"train_json": str(shapes / "train.json")},
                 "train": {"output_dir": str(tmp_path / "out"), "max_steps": 50, "report_to": "none"},

@@ -49,26 +49,16 @@ def launch(accelerate_yaml, run_yaml, *overrides):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_on_two_processes_trains_distills_and_resumes(tmp_path, shapes, teacher_dir):
+def test_deepspeed_zero2_on_two_processes_trains_distills_and_resumes(
+    tmp_path, shapes, teacher_dir, one_layer_arch
+):
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text(
         yaml.safe_dump(
             {
                 "model": {
                     "tokenizer": str(shapes / "tokenizer"),
-                    "arch": {
-                        "image_size": 32,
-                        "patch_size": 16,
-                        "vision_hidden_size": 32,
-                        "vision_layers": 1,
-                        "vision_heads": 2,
-                        "vision_intermediate_size": 64,
-                        "hidden_size": 32,
-                        "num_layers": 1,
-                        "num_heads": 2,
-                        "num_kv_heads": 1,
-                        "intermediate_size": 64,
-                    },
+                    "arch": one_layer_arch,
                 },
                 "teacher": {"path": str(teacher_dir)},
                 "loss": {"w_kd": 1.0},

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from distill.__main__ import main
+from distill.quickstart import launcher_overrides
 
 
 @pytest.mark.slow
@@ -36,3 +37,9 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     assert main(args) == 0  # a second run reuses everything
     again = capsys.readouterr().out
     assert again.count("already trained") == 3
+
+
+def test_deepspeed_launches_switch_the_tiny_stages_from_muon_to_adamw(capsys):
+    assert launcher_overrides("configs/accelerate/zero2.yaml") == ["train.optimizer=adamw"]
+    assert "DeepSpeed cannot step Muon" in capsys.readouterr().out
+    assert launcher_overrides("configs/accelerate/single.yaml") == []

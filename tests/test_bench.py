@@ -1,0 +1,23 @@
+"""`distill bench` runs both parts end to end at small sizes and reports consistent figures
+(the figures themselves are measurements, printed by the command, never asserted here)."""
+
+import json
+
+import pytest
+
+from distill.__main__ import main
+
+
+@pytest.mark.slow
+def test_bench_reports_both_parts(tmp_path, shapes, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--steps", "2", "--data", str(shapes / "train.json"), "--positions", "96"]
+    args += ["--vocab", "2000", "--student-hidden", "32", "--teacher-hidden", "48", "--chunk-size", "16"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "KD / SFT: step time" in printed and "chunked / naive: memory" in printed
+    results = json.loads(out.read_text())
+    assert {results["steps"]["sft"]["mode"], results["steps"]["kd"]["mode"]} == {"sft", "kd"}
+    loss = results["loss"]
+    assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
+    assert not out.with_name(out.name + ".partial").exists()
