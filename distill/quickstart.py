@@ -21,6 +21,7 @@ import argparse
 import json
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
         return
     processes = ["--num_processes", str(args.num_processes)] if args.num_processes else []
     command = [
-        "accelerate",
-        "launch",
+        sys.executable,  # this environment's accelerate, whether or not its bin/ is on PATH
+        "-m",
+        "accelerate.commands.launch",
         "--config_file",
         args.accelerate_config,
         *processes,
