@@ -142,7 +142,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     adam_beta2: float = 0.999  # AdamW second-moment decay (0.95-0.98 steadies small models at high rates)
     warmup_ratio: float = 0.03  # share of steps with linear warm-up
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"] = (
+        "cosine"
+    )
+    decay_ratio: float = 0.2  # warmup_stable_decay: share of steps of the final (cosine) decay
     max_grad_norm: float = 1.0  # gradient clipping
     bf16: bool | Literal["auto"] = "auto"  # bf16 autocast; auto: on a GPU that supports it, fp32 elsewhere
     group_by_length: bool = (
@@ -165,6 +168,7 @@ class TrainConfig:
         check_range("train.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         check_range("train.learning_rate", self.learning_rate, 0.0, 1.0)
         check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("train.decay_ratio", self.decay_ratio, 0.0, 1.0)
         check_range("train.save_steps", self.save_steps, 1)
         check_range("train.logging_steps", self.logging_steps, 1)
         if not self.train_modules:

@@ -110,6 +110,11 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         adam_beta2=t.adam_beta2,
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler,
+        lr_scheduler_kwargs=(
+            {"num_decay_steps": round(t.decay_ratio * t.max_steps)}
+            if t.lr_scheduler == "warmup_stable_decay"
+            else None
+        ),
         max_grad_norm=t.max_grad_norm,
         bf16=use_bf16(t.bf16),
         activation_checkpointing=t.gradient_checkpointing,

@@ -82,3 +82,33 @@ def test_resolved_config_round_trips(tmp_path):
 def test_parse_override_reads_yaml_values():
     assert parse_override("a.b=true") == ("a.b", True)
     assert parse_override("--a=null") == ("a", None)
+
+
+def test_warmup_stable_decay_schedule_holds_the_peak_then_decays(tmp_path):
+    import torch
+    from transformers import get_scheduler
+
+    from distill.train import training_arguments
+
+    overrides = [
+        f"train.output_dir={tmp_path}",
+        "train.max_steps=100",
+        "train.warmup_ratio=0.1",
+        "train.lr_scheduler=warmup_stable_decay",
+        "train.decay_ratio=0.2",
+    ]
+    args = training_arguments(load_config(RunConfig, write(tmp_path, BASE), overrides))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.get_warmup_steps(args.max_steps),
+        num_training_steps=args.max_steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    rates = []
+    for _ in range(100):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[5] < 1.0 and rates[10:80] == [1.0] * 70 and rates[99] < 0.01
