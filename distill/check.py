@@ -54,9 +54,7 @@ def verify_images(dataset: LlavaDataset) -> int:
 
 
 def length_report(dataset: LlavaDataset, view: ModelView) -> str:
-    lengths = np.array(
-        [len(ids) + (view.num_image_tokens - 1 if name else 0) for ids, _, name, _ in dataset.examples]
-    )
+    lengths = np.array(dataset.lengths)
     supervised = np.array([(labels != IGNORE_INDEX).sum() for _, labels, _, _ in dataset.examples])
     return (
         f"tokens per record: mean {lengths.mean():.0f}, max {lengths.max()} (max_length {view.max_length}); "

@@ -151,7 +151,7 @@ class LlavaDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Expanded (student) sequence length of each example, for length-grouped batching."""
+        """Expanded (student) sequence length of each example."""
         n_image = self.views["student"].num_image_tokens - 1
         return [len(ids) + (n_image if name is not None else 0) for ids, _, name, _ in self.examples]
 

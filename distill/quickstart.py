@@ -84,7 +84,6 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
         "distill",
         "train",
         str(config),
-        *launcher_overrides(args.accelerate_config),
         *overrides,
         *(["--resume"] if resume else []),
     ]
@@ -94,6 +93,7 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
 
 def run_stages(args: argparse.Namespace) -> dict[str, Path]:
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    forced = launcher_overrides(args.accelerate_config) if args.launcher == "accelerate" else []
     finals = {}
     for name, config_name in STAGES:
         final = out / name / FINAL_DIR
@@ -103,7 +103,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Path]:
             continue
         print(f"== {name}: training ({config_name})", flush=True)
         start = time.perf_counter()
-        overrides = stage_overrides(name, data, out, list(args.overrides))
+        overrides = stage_overrides(name, data, out, [*forced, *args.overrides])
         train_stage(name, ROOT / "configs" / config_name, overrides, out, args)
         print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
     return finals

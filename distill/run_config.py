@@ -118,6 +118,9 @@ class LossConfig:
             raise ConfigError("loss: at least one of w_sft and w_kd must be positive")
 
 
+LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, checkpointing and logging (handed to transformers.TrainingArguments)."""
@@ -130,27 +133,20 @@ class TrainConfig:
     epochs: float = 1.0  # passes over the data when max_steps is -1
     batch_size: int = 8  # per device
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    learning_rate: float = (
-        2e-5  # peak learning rate (of AdamW; with optimizer muon, of the non-matrix weights)
-    )
-    optimizer: Literal["adamw", "muon"] = (
-        "adamw"  # muon: Muon for hidden matrices + AdamW (single process / DDP)
-    )
+    # peak learning rate (of AdamW; with optimizer muon, of the weights that are not hidden matrices)
+    learning_rate: float = 2e-5
+    # muon: Muon for the hidden matrices + AdamW for the rest (one process or DDP; not under DeepSpeed)
+    optimizer: Literal["adamw", "muon"] = "adamw"
     muon_lr: float = 2e-3  # peak learning rate of the Muon-updated matrices (AdamW-matched RMS scale)
     vision_tower_lr: float | None = None  # peak learning rate of the vision tower (default: learning_rate)
     projector_lr: float | None = None  # peak learning rate of the projector (LLaVA's mm_projector_lr)
     weight_decay: float = 0.0  # AdamW weight decay
     adam_beta2: float = 0.999  # AdamW second-moment decay (0.95-0.98 steadies small models at high rates)
     warmup_ratio: float = 0.03  # share of steps with linear warm-up
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"] = (
-        "cosine"
-    )
+    lr_scheduler: LrScheduler = "cosine"
     decay_ratio: float = 0.2  # warmup_stable_decay: share of steps of the final (cosine) decay
     max_grad_norm: float = 1.0  # gradient clipping
     bf16: bool | Literal["auto"] = "auto"  # bf16 autocast; auto: on a GPU that supports it, fp32 elsewhere
-    group_by_length: bool = (
-        False  # batch records of similar length together (less padding; batches then mix fewer record kinds)
-    )
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     seed: int = 0  # seeds data order, dropout and initialisation
     logging_steps: int = 10  # log the loss terms every N steps
@@ -169,6 +165,10 @@ class TrainConfig:
         check_range("train.learning_rate", self.learning_rate, 0.0, 1.0)
         check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         check_range("train.decay_ratio", self.decay_ratio, 0.0, 1.0)
+        if self.lr_scheduler == "warmup_stable_decay" and self.max_steps <= 0:
+            raise ConfigError(
+                "train.lr_scheduler=warmup_stable_decay needs train.max_steps (its decay is counted in steps)"
+            )
         check_range("train.save_steps", self.save_steps, 1)
         check_range("train.logging_steps", self.logging_steps, 1)
         if not self.train_modules:

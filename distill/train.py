@@ -127,7 +127,6 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         optim="adamw_torch",
         use_cpu=not torch.cuda.is_available(),
     )

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from distill.configuration import ConfigError, save_config
@@ -30,21 +29,6 @@ from distill.optim import MuonWithAdamW
 from distill.run_config import LossConfig
 
 STAGING_DIR = ".partial"
-
-
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from seed + epoch, so a resumed run replays the same batches."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
 
 
 RUN_CONFIG_NAME = "run_config.yaml"
@@ -102,15 +86,6 @@ class DistillTrainer(Trainer):
                 self.teacher = prepare_deepspeed_teacher(teacher, self.accelerator)
             else:
                 self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-
-    # -- data order --------------------------------------------------------------------------------
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Length-grouped batches from the dataset's own token counts (no pass over the images)."""
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return EpochSeededLengthSampler(batch, dataset.lengths, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
 
     # -- optimizer -------------------------------------------------------------------------------
     def module_learning_rates(self) -> dict[str, float]:

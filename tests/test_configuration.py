@@ -59,6 +59,7 @@ def test_dotted_overrides_are_typed(tmp_path):
         ("model:\n  tokenizer: t\n", [], "exactly one of model.path"),
         (BASE, ["train.train_modules=[eyes]"], "train.train_modules[0]"),
         (BASE, ["train.max_steps"], "not of the form key.sub=value"),
+        (BASE, ["train.lr_scheduler=warmup_stable_decay"], "warmup_stable_decay needs train.max_steps"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, overrides, message):

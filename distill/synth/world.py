@@ -95,9 +95,8 @@ def sample_object(rng: random.Random) -> tuple[str, str]:
 
 
 def sample_scene(rng: random.Random, word_probability: float = 0.35) -> Scene:
-    count = rng.choices([1, 2, 3, 4], weights=[0.4, 0.2, 0.2, 0.2])[
-        0
-    ]  # one copy often: position questions need it
+    # one copy often: position questions need a single shape
+    count = rng.choices([1, 2, 3, 4], weights=[0.4, 0.2, 0.2, 0.2])[0]
     cells = rng.sample(range(4), count)
     colour, kind = sample_object(rng)
     shapes = []
