@@ -12,7 +12,14 @@ step time and peak RSS (CUDA peak on a GPU), and KD relative to SFT.
 Part "loss": the KD loss (forward KL) alone, forward and backward, on random hidden states of
 --positions positions and LM heads of --vocab rows (student width --student-hidden, teacher width
 --teacher-hidden), naive (whole logits) vs chunked (--chunk-size positions at a time), each in its
-own process. Reported: peak memory above the inputs, time, and the two loss values (they must agree).
+own process, timed after a warm-up on 64 positions. Reported: peak memory above the inputs, time,
+and the two loss values (they must agree).
+
+Part "scale" (distill/bench_scale.py; only when asked for): a Qwen2-0.5B-shaped student distilled
+from a Qwen2-1.5B-shaped teacher for 20 steps through accelerate + DeepSpeed ZeRO-2, bf16 on a GPU.
+Reported: median step time, tokens/s and peak CUDA memory.
+
+    python -m distill bench --part scale
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,9 @@ from typing import Any
 
 import psutil
 import torch
+
+from distill.bench_scale import add_arguments as add_scale_arguments
+from distill.bench_scale import bench_scale, report_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +67,27 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     teacher_head = torch.nn.Linear(spec["teacher_hidden"], v, bias=False, device=device).requires_grad_(False)
     hidden = torch.randn(n, spec["student_hidden"], device=device, requires_grad=True)
     teacher_hidden = torch.randn(n, spec["teacher_hidden"], device=device)
+
+    def forward_backward(positions: slice) -> torch.Tensor:
+        loss = normalized_sum(
+            chunked_divergence(
+                hidden[positions],
+                teacher_hidden[positions],
+                student_head,
+                teacher_head,
+                "forward_kl",
+                spec["chunk_size"],
+            ),
+            n,
+        )
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    # Warm-up on a few positions (library and kernel initialisation is not the loss's cost).
+    forward_backward(slice(0, min(n, 64)))
+    hidden.grad = student_head.weight.grad = None
     baseline_rss, baseline_dev = (
         current_rss_mib(),
         (torch.cuda.memory_allocated() / 2**20 if device == "cuda" else None),
@@ -65,15 +95,7 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    loss = normalized_sum(
-        chunked_divergence(
-            hidden, teacher_hidden, student_head, teacher_head, "forward_kl", spec["chunk_size"]
-        ),
-        n,
-    )
-    loss.backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    loss = forward_backward(slice(0, n))
     seconds = time.perf_counter() - start
     peak = device_peak_mib() - baseline_dev if device == "cuda" else peak_rss_mib() - baseline_rss
     return {"loss": loss.item(), "peak_mib": peak, "seconds": seconds, "device": device}
@@ -81,23 +103,10 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 # -- part "steps" ------------------------------------------------------------------------------------
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from transformers import TrainerCallback
-
     from distill.configuration import load_config
     from distill.run_config import RunConfig
+    from distill.throughput import StepTimer
     from distill.train import setup
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._start)
 
     overrides = [
         f"train.output_dir={spec['output_dir']}",
@@ -113,14 +122,13 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         overrides += ["teacher.path=null", "loss.w_kd=0.0"]
     cfg = load_config(RunConfig, spec["config"], [*overrides, f"model.tokenizer={spec['tokenizer']}"])
     s = setup(cfg)
-    timer = StepTimer()
+    timer = StepTimer(warmup=spec["warmup"])
     s.trainer.add_callback(timer)
     rss_before = current_rss_mib()
     s.trainer.train()
-    times = timer.times[spec["warmup"] :]
     return {
         "mode": spec["mode"],
-        "median_step_s": statistics.median(times),
+        "median_step_s": timer.summary()["median_step_s"],
         "peak_rss_mib": peak_rss_mib(),
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "cuda_peak_mib": device_peak_mib(),
@@ -238,11 +246,18 @@ def report(results: dict[str, Any]) -> str:
             f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
             f"loss difference {abs(r['naive']['loss'] - r['chunked']['loss']):.2e}",
         ]
+    if "scale" in results:
+        lines += report_scale(results["scale"])
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--part", choices=["all", "steps", "loss"], default="all", help="what to measure")
+    parser.add_argument(
+        "--part",
+        choices=["all", "steps", "loss", "scale"],
+        default="all",
+        help="what to measure (all: steps and loss; scale: real-size KD under DeepSpeed, see below)",
+    )
     parser.add_argument(
         "--steps", type=int, default=10, help="timed training steps per mode (after 2 warm-up steps)"
     )
@@ -260,6 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="runs/bench/distill_bench.json", help="write the figures here as JSON"
     )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    add_scale_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         results["steps"] = bench_steps(args)
     if args.part in ("all", "loss"):
         results["loss"] = bench_loss(args)
+    if args.part == "scale":
+        results["scale"] = bench_scale(args)
     print(report(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

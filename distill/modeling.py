@@ -84,8 +84,12 @@ def build_llava(
         image_size=arch.image_size,
         patch_size=arch.patch_size,
     )
+    if 0 < arch.vocab_size < len(tokenizer):
+        raise ModelFormatError(
+            f"model.arch.vocab_size ({arch.vocab_size}) is smaller than the tokenizer ({len(tokenizer)} tokens)"
+        )
     text_kwargs = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=arch.vocab_size or len(tokenizer),
         hidden_size=arch.hidden_size,
         intermediate_size=arch.intermediate_size,
         num_hidden_layers=arch.num_layers,

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import yaml
 
 from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
+from distill.launching import accelerate_train_command
 from distill.run_config import RunConfig
 from distill.synth.make import synthesize
 from distill.train import FINAL_DIR, run_training
@@ -72,22 +71,9 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
     if args.launcher == "python":
         run_training(load_config(RunConfig, config, overrides), resume=resume)
         return
-    processes = ["--num_processes", str(args.num_processes)] if args.num_processes else []
-    command = [
-        sys.executable,  # this environment's accelerate, whether or not its bin/ is on PATH
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        args.accelerate_config,
-        *processes,
-        "-m",
-        "distill",
-        "train",
-        str(config),
-        *overrides,
-        *(["--resume"] if resume else []),
-    ]
-    print("+ " + shlex.join(command), flush=True)
+    command = accelerate_train_command(
+        args.accelerate_config, args.num_processes, config, overrides, resume=resume
+    )
     subprocess.run(command, check=True, cwd=ROOT)
 
 

@@ -36,6 +36,7 @@ class ArchConfig:
     max_position_embeddings: int = 512  # longest sequence the LLM is built for
     rope_theta: float = 10000.0  # RoPE base
     tie_word_embeddings: bool = True  # share the input embedding with the LM head
+    vocab_size: int = 0  # embedding / LM-head rows; 0: the tokenizer's size (Qwen2 pads to 151,936)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -158,6 +159,10 @@ class TrainConfig:
     dataloader_num_workers: int = 0  # worker processes loading images
     report_to: Literal["tensorboard", "none"] = "tensorboard"  # where metrics go (output_dir/logs)
     torch_threads: int = 0  # CPU threads for torch (0: torch's default)
+    # Let SDPA pick its cuDNN kernel on GPU. Off by default: on an H100 (torch 2.11) it spent ~7 ms of
+    # CPU per attention call on batches of varying padded length, leaving the GPU idle (docs/gpu.md).
+    cudnn_attention: bool = False
+    profile_steps: int = 0  # record N steps after the warm-up with torch.profiler (distill/profiling.py)
 
     def __post_init__(self) -> None:
         check_range("train.batch_size", self.batch_size, 1)
@@ -171,6 +176,7 @@ class TrainConfig:
             )
         check_range("train.save_steps", self.save_steps, 1)
         check_range("train.logging_steps", self.logging_steps, 1)
+        check_range("train.profile_steps", self.profile_steps, 0)
         if not self.train_modules:
             raise ConfigError("train.train_modules is empty: nothing would be trained")
         if self.optimizer == "muon" and self.deepspeed is not None:

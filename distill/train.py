@@ -39,7 +39,9 @@ from distill.modeling import (
     set_trainable,
 )
 from distill.pairing import PairReport, check_pair
+from distill.profiling import StepProfiler
 from distill.run_config import ModelConfig, RunConfig
+from distill.throughput import WARMUP_STEPS, StepTimer, describe
 from distill.trainer import RUN_CONFIG_NAME, STAGING_DIR, DistillTrainer
 
 FINAL_DIR = "final"
@@ -128,6 +130,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
         optim="adamw_torch",
+        include_num_input_tokens_seen="non_padding",  # for the tokens/s of StepTimer
         use_cpu=not torch.cuda.is_available(),
     )
 
@@ -136,6 +139,8 @@ def setup(cfg: RunConfig) -> Setup:
     set_seed(cfg.train.seed)
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
+    if torch.cuda.is_available() and not cfg.train.cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)  # flash / memory-efficient kernels instead
     model, processor = build_model(cfg.model)
     loaded = load_teacher(cfg, model, processor)
     teacher, teacher_processor, pair = loaded if loaded else (None, None, None)
@@ -209,14 +214,21 @@ def fit(s: Setup, checkpoint: str | None = None) -> Path:
     if checkpoint is not None and s.trainer.is_world_process_zero():
         check_resumed_config(s.config, checkpoint)
         print(f"[{s.config.name}] resuming from {checkpoint}")
+    profile_steps = s.config.train.profile_steps
+    timer = StepTimer(warmup=WARMUP_STEPS + profile_steps)
+    s.trainer.add_callback(timer)
+    if profile_steps:
+        s.trainer.add_callback(StepProfiler(profile_steps, s.config.train.output_dir))
     start = time.perf_counter()
     result = s.trainer.train(resume_from_checkpoint=checkpoint)
+    throughput = timer.summary()
     summary = {
         "name": s.config.name,
         "global_step": result.global_step,
         "train_loss": result.training_loss,
         "seconds": round(time.perf_counter() - start, 1),
         "data": s.dataset.report(),
+        "throughput": throughput,
         "log_history": s.trainer.state.log_history,
     }
     final = save_final(s, summary)
@@ -225,6 +237,7 @@ def fit(s: Setup, checkpoint: str | None = None) -> Path:
             f"[{s.config.name}] {result.global_step} steps in {summary['seconds']} s; model saved to {final}"
         )
         print(f"[{s.config.name}] data: {s.dataset.report()}")
+        print(f"[{s.config.name}] throughput: {describe(throughput)}")
     return final
 
 

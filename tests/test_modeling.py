@@ -90,6 +90,14 @@ def test_language_model_parameters_count_tied_weights_once(tokenizer):
     assert language_model_parameters(model) == lm  # the LM head is the input embedding
 
 
+def test_vocab_size_pads_the_embedding_beyond_the_tokenizer(tokenizer):
+    model, _ = make_model(tokenizer, vocab_size=len(tokenizer) + 37)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 37
+    assert model.config.text_config.vocab_size == len(tokenizer) + 37
+    with pytest.raises(ModelFormatError, match=r"vocab_size \(10\) is smaller than the tokenizer"):
+        make_model(tokenizer, vocab_size=10)
+
+
 def test_image_token_count_follows_the_vision_tower():
     clip = LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=336, patch_size=14),

@@ -65,6 +65,15 @@ def test_training_lowers_the_loss_and_writes_a_complete_model(tmp_path, shapes):
         assert (final / name).is_file(), name
     summary = json.loads((final / "train_summary.json").read_text())
     assert summary["global_step"] == 40 and "0 skipped" in summary["data"]
+    throughput = summary["throughput"]
+    assert throughput["steps"] == 40 and throughput["warmup_steps_excluded"] == 3
+    assert throughput["median_step_s"] > 0 and throughput["tokens_per_s"] > 0
+    # every sample carries at least its image tokens and at most max_length tokens
+    batch_size = cfg.train.batch_size
+    image_tokens = (cfg.model.arch.image_size // cfg.model.arch.patch_size) ** 2
+    assert (
+        batch_size * image_tokens < throughput["median_tokens_per_step"] <= batch_size * cfg.data.max_length
+    )
 
 
 def test_kd_run_logs_each_term_and_trains_only_the_chosen_modules(tmp_path, shapes, teacher_dir):
@@ -169,3 +178,13 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, shapes):
     )
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-5)
+
+
+def test_profiled_steps_print_a_table_write_a_trace_and_stay_out_of_the_timing(tmp_path, shapes, capsys):
+    cfg = config(shapes, tmp_path / "run", train={"max_steps": 6, "save_steps": 100, "profile_steps": 2})
+    final = run_training(cfg)
+    printed = capsys.readouterr().out
+    assert "profile of steps 4-5, by cpu_time_total" in printed
+    assert (tmp_path / "run" / "profile" / "trace.json").stat().st_size > 0
+    throughput = json.loads((final / "train_summary.json").read_text())["throughput"]
+    assert throughput["steps"] == 6 and throughput["warmup_steps_excluded"] == 5

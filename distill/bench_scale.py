@@ -1,0 +1,242 @@
+"""`python -m distill bench --part scale`: vanilla KD at real model sizes for a few steps, through
+`accelerate launch` + DeepSpeed, printing step time, tokens/s and peak CUDA memory.
+
+    python -m distill bench --part scale        # Qwen2-0.5B-shaped student <- Qwen2-1.5B-shaped teacher,
+                                                # 20 steps, DeepSpeed ZeRO-2, bf16 on a GPU
+    python -m distill bench --part scale --scale-student tiny --scale-teacher tiny \\
+        --scale-vision tiny --scale-vocab 0 --scale-steps 3          # a CPU-sized run of the same path
+
+Both models have random weights (step time and memory do not depend on them) and share a vision
+tower shape (the paper distils with one vision encoder). The teacher is built once, saved in bf16
+to a temporary folder and loaded by the training stage as any teacher checkpoint is; the student is
+built by the stage from its shape (`model.arch`). The data is the synthetic shapes world; the
+processors resize its images to the vision tower's resolution, so every sample carries the full
+count of visual tokens (576 at 336 px / patch 14, as LLaVA-1.5). Figures come from the training
+stage's own StepTimer (distill/throughput.py), read back from its train_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from distill.launching import accelerate_train_command
+from distill.run_config import ArchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# LLM shapes (Qwen2 configs of the named sizes) and vision tower shapes.
+LLM_SHAPES: dict[str, dict[str, int]] = {
+    "qwen2-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864),
+    "qwen2-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960),
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+}
+VISION_SHAPES: dict[str, dict[str, int]] = {
+    # SigLIP-so400m's width and depth at LLaVA-1.5's resolution: 24 x 24 = 576 visual tokens
+    "siglip-so400m-336": dict(
+        image_size=336,
+        patch_size=14,
+        vision_hidden_size=1152,
+        vision_layers=27,
+        vision_heads=16,
+        vision_intermediate_size=4304,
+    ),
+    "tiny": dict(
+        image_size=64,
+        patch_size=16,
+        vision_hidden_size=64,
+        vision_layers=1,
+        vision_heads=2,
+        vision_intermediate_size=128,
+    ),
+}
+
+
+def arch_of(llm: str, vision: str, vocab_size: int) -> ArchConfig:
+    return ArchConfig(
+        **VISION_SHAPES[vision],
+        **LLM_SHAPES[llm],
+        text_model_type="qwen2",
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        vocab_size=vocab_size,
+    )
+
+
+def parameter_counts(arch: ArchConfig, tokenizer: Any) -> dict[str, int]:
+    """Total and LLM parameters of a model of this shape, counted on the meta device (no memory)."""
+    from distill.modeling import build_llava, language_model_parameters
+
+    with torch.device("meta"):
+        model, _ = build_llava(arch, tokenizer)
+    return {"total": sum(p.numel() for p in model.parameters()), "llm": language_model_parameters(model)}
+
+
+def build_teacher(arch: ArchConfig, tokenizer: Any, out: Path) -> Path:
+    """A random-weight teacher of this shape saved in bf16 (initialised on the GPU when there is one)."""
+    from distill.modeling import build_llava, save_llava
+
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model, processor = build_llava(arch, tokenizer)
+    model = model.to(torch.bfloat16)
+    path = save_llava(model, processor, out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return path
+
+
+def stage_config(
+    args: argparse.Namespace, student: ArchConfig, teacher: Path, tokenizer: Path, data: Path, out: Path
+) -> dict[str, Any]:
+    """The run config of the measured stage: SFT + vanilla KD, everything trained, as stage 2 does."""
+    return {
+        "name": f"scale-{args.scale_student}-from-{args.scale_teacher}",
+        "model": {"tokenizer": str(tokenizer), "arch": vars(student)},
+        "teacher": {"path": str(teacher), "dtype": "bfloat16"},
+        "data": {"train_json": str(data), "max_length": args.scale_max_length},
+        "loss": {"w_sft": 1.0, "w_kd": 1.0, "divergence": "forward_kl", "kl_chunk_size": 1024},
+        "train": {
+            "output_dir": str(out),
+            "train_modules": ["vision_tower", "projector", "language_model"],
+            "max_steps": args.scale_steps,
+            "batch_size": args.scale_batch_size,
+            "optimizer": "adamw",
+            "learning_rate": 2e-5,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            "bf16": "auto",
+            "gradient_checkpointing": True,
+            "logging_steps": args.scale_steps,
+            "save_steps": 10 * args.scale_steps,  # no intermediate checkpoint inside the timed steps
+            "report_to": "none",
+            "dataloader_num_workers": 2,
+            "profile_steps": args.scale_profile_steps,
+        },
+    }
+
+
+def launch(config_file: Path, args: argparse.Namespace) -> None:
+    processes = args.num_processes or max(1, torch.cuda.device_count())
+    subprocess.run(
+        accelerate_train_command(args.accelerate_config, processes, config_file), check=True, cwd=ROOT
+    )
+
+
+def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from distill.synth.make import synthesize
+    from distill.train import FINAL_DIR, SUMMARY_NAME
+
+    with tempfile.TemporaryDirectory(prefix="distill-scale-") as tmp:
+        work = Path(tmp)
+        data = Path(args.data)
+        if not data.is_file():
+            synthesize(work / "shapes", n_train=64 * args.scale_batch_size, n_val=8, n_test=8, per_family=2)
+            data = work / "shapes" / "train.json"
+        tokenizer_dir = data.parent / "tokenizer"
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        student = arch_of(args.scale_student, args.scale_vision, args.scale_vocab)
+        teacher_arch = arch_of(args.scale_teacher, args.scale_vision, args.scale_vocab)
+        print(f"building a random {args.scale_teacher}-shaped teacher (bf16) ...", flush=True)
+        teacher = build_teacher(teacher_arch, tokenizer, work / "teacher")
+        config = stage_config(args, student, teacher, tokenizer_dir, data, work / "run")
+        config_file = work / "scale.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        launch(config_file, args)
+        summary = json.loads((work / "run" / FINAL_DIR / SUMMARY_NAME).read_text())
+        trace = work / "run" / "profile" / "trace.json"
+        if trace.is_file():
+            kept = Path(args.out).with_name("scale_trace.json")
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(trace, kept)
+            print(f"profile trace kept as {kept}")
+        return {
+            "student": args.scale_student,
+            "teacher": args.scale_teacher,
+            "vision": args.scale_vision,
+            "vocab_size": args.scale_vocab or len(tokenizer),
+            "visual_tokens": (student.image_size // student.patch_size) ** 2,
+            "student_parameters": parameter_counts(student, tokenizer),
+            "teacher_parameters": parameter_counts(teacher_arch, tokenizer),
+            "batch_size_per_process": args.scale_batch_size,
+            "processes": args.num_processes or max(1, torch.cuda.device_count()),
+            "accelerate_config": str(args.accelerate_config),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            "throughput": summary["throughput"],
+        }
+
+
+def report_scale(r: dict[str, Any]) -> list[str]:
+    t = r["throughput"]
+
+    def count(n: int) -> str:
+        return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+    def size(counts: dict[str, int]) -> str:
+        return f"{count(counts['total'])} parameters, {count(counts['llm'])} in the LLM"
+
+    memory = (
+        f"{t['peak_cuda_allocated_mib'] / 1024:.2f} | {t['peak_cuda_reserved_mib'] / 1024:.2f}"
+        if t["peak_cuda_allocated_mib"] is not None
+        else "- | -"
+    )
+    return [
+        f"SFT + vanilla KD at real sizes: student {r['student']} ({size(r['student_parameters'])}) <- "
+        f"teacher {r['teacher']} ({size(r['teacher_parameters'])}); vision {r['vision']} "
+        f"({r['visual_tokens']} visual tokens); vocabulary {r['vocab_size']:,}",
+        f"{r['accelerate_config']}, {r['processes']} process(es), batch {r['batch_size_per_process']} per process, "
+        f"{'bf16' if r['bf16'] else 'fp32'}, gradient checkpointing, on {r['device']}:",
+        "| steps timed | median step (ms) | tokens/s | tokens/step | peak CUDA allocated (GiB) | peak CUDA reserved (GiB) | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * t['median_step_s']:.1f} | "
+        f"{t['tokens_per_s']:,.0f} | {t['median_tokens_per_step']:,.0f} | {memory} | {t['peak_rss_mib']:.0f} |",
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("part scale (not in --part all: it needs a GPU to be quick)")
+    group.add_argument(
+        "--scale-student", choices=sorted(LLM_SHAPES), default="qwen2-0.5b", help="student LLM shape"
+    )
+    group.add_argument(
+        "--scale-teacher", choices=sorted(LLM_SHAPES), default="qwen2-1.5b", help="teacher LLM shape"
+    )
+    group.add_argument(
+        "--scale-vision",
+        choices=sorted(VISION_SHAPES),
+        default="siglip-so400m-336",
+        help="vision tower shape",
+    )
+    group.add_argument(
+        "--scale-vocab", type=int, default=151_936, help="LM-head rows (0: the tokenizer's size)"
+    )
+    group.add_argument("--scale-steps", type=int, default=20, help="training steps (the first 3 are warm-up)")
+    group.add_argument("--scale-batch-size", type=int, default=8, help="samples per process per step")
+    group.add_argument("--scale-max-length", type=int, default=1024, help="longest tokenized sample")
+    group.add_argument(
+        "--scale-profile-steps",
+        type=int,
+        default=0,
+        help="also profile this many steps after the warm-up (torch.profiler tables + trace)",
+    )
+    group.add_argument(
+        "--accelerate-config",
+        type=Path,
+        default=ROOT / "configs" / "accelerate" / "zero2.yaml",
+        help="accelerate config of the launch (default: DeepSpeed ZeRO-2)",
+    )
+    group.add_argument(
+        "--num-processes", type=int, default=0, help="processes to launch (default: one per GPU, or 1)"
+    )

@@ -1,0 +1,36 @@
+"""`distill bench --part scale` runs the real-size KD path (random teacher saved to disk, a student
+built from its shape, accelerate + DeepSpeed ZeRO-2) end to end, here at tiny shapes on the CPU.
+The figures are measurements printed by the command; the test checks that they are reported."""
+
+import json
+
+import pytest
+
+from distill.__main__ import main
+from distill.bench_scale import LLM_SHAPES, VISION_SHAPES, arch_of
+
+pytest.importorskip("deepspeed")
+
+
+def test_real_size_shapes_match_the_named_models():
+    student = arch_of("qwen2-0.5b", "siglip-so400m-336", 151_936)
+    teacher = arch_of("qwen2-1.5b", "siglip-so400m-336", 151_936)
+    assert (student.hidden_size, student.num_layers, student.intermediate_size) == (896, 24, 4864)
+    assert (teacher.hidden_size, teacher.num_layers, teacher.intermediate_size) == (1536, 28, 8960)
+    assert (student.image_size // student.patch_size) ** 2 == 576  # as LLaVA-1.5
+    assert set(LLM_SHAPES) >= {"tiny"} and set(VISION_SHAPES) >= {"tiny"}
+
+
+@pytest.mark.slow
+def test_scale_part_trains_through_deepspeed_and_reports(tmp_path, shapes, capsys):
+    out = tmp_path / "scale.json"
+    args = ["bench", "--part", "scale", "--data", str(shapes / "train.json"), "--out", str(out)]
+    args += ["--scale-student", "tiny", "--scale-teacher", "tiny", "--scale-vision", "tiny"]
+    args += ["--scale-vocab", "1000", "--scale-steps", "4", "--scale-batch-size", "2", "--num-processes", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SFT + vanilla KD at real sizes" in printed and "zero2.yaml" in printed
+    scale = json.loads(out.read_text())["scale"]
+    assert scale["vocab_size"] == 1000 and scale["visual_tokens"] == 16
+    assert scale["throughput"]["steps"] == 4 and scale["throughput"]["tokens_per_s"] > 0
+    assert scale["teacher_parameters"]["llm"] == scale["student_parameters"]["llm"]  # same tiny shape
