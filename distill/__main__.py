@@ -7,6 +7,7 @@
     python -m distill check ...                  # validate a teacher/student pair and a dataset
     python -m distill heldout --model DIR        # accuracy per question family on the held-out split
     python -m distill bench                      # step time and memory: SFT vs KD, chunked vs naive KL
+    python -m distill irs --model DIR            # IRS per teacher layer and the layer IVA uses
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args)`.
 """
@@ -26,6 +27,7 @@ COMMANDS = {
     "check": ("distill.check", "validate a teacher/student pair and a dataset without training"),
     "heldout": ("distill.heldout", "accuracy per question family on the synthetic held-out split"),
     "bench": ("distill.bench", "step time and peak memory of SFT vs KD, chunked vs naive KL"),
+    "irs": ("distill.irs", "Instruction-Relevance Score per teacher layer; picks IVA's layer l*"),
 }
 
 

@@ -97,6 +97,26 @@ class ConversationEncoder:
         return input_ids, labels
 
 
+def encode_instruction_prompt(encoder: ConversationEncoder, content: str) -> tuple[np.ndarray, np.ndarray]:
+    """One user turn ending in the generation prompt -> (int32 input_ids, bool instruction mask).
+
+    The instruction is the user's text after the image placeholder (the question with its
+    answer-format suffix), located by character offsets in the rendered template, so the
+    template's own tokens (role headers, end-of-turn markers) and the image are not part of it."""
+    text = encoder.render([{"role": "user", "content": content}], add_generation_prompt=True)
+    question = content.replace(encoder.image_token, "").strip()
+    start = text.rfind(question)
+    if not question or start < 0:
+        raise DataError(f"the chat template does not render the question verbatim: {question!r}")
+    encoding = encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    instruction = [start <= a < start + len(question) for a, _ in encoding["offset_mapping"]]
+    if encoder.bos_token is not None and not text.startswith(encoder.bos_token):
+        ids.insert(0, encoder.tokenizer.bos_token_id)
+        instruction.insert(0, False)
+    return np.asarray(ids, dtype=np.int32), np.asarray(instruction, dtype=bool)
+
+
 def expand_image_tokens(
     input_ids: np.ndarray, labels: np.ndarray, image_token_id: int, num_image_tokens: int
 ) -> tuple[np.ndarray, np.ndarray]:
