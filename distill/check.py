@@ -39,7 +39,7 @@ def student_spec(cfg: RunConfig) -> tuple[Any, Any]:
 def verify_images(dataset: LlavaDataset) -> int:
     """Decode every image once; returns how many are unreadable (raises unless skipping)."""
     bad = 0
-    for _ids, _labels, name, index in tqdm(dataset.examples, desc="decode images", leave=False):
+    for _ids, _labels, _instruction, name, index in tqdm(dataset.examples, desc="decode images", leave=False):
         if name is None:
             continue
         path = dataset.image_folder / name
@@ -55,7 +55,7 @@ def verify_images(dataset: LlavaDataset) -> int:
 
 def length_report(dataset: LlavaDataset, view: ModelView) -> str:
     lengths = np.array(dataset.lengths)
-    supervised = np.array([(labels != IGNORE_INDEX).sum() for _, labels, _, _ in dataset.examples])
+    supervised = np.array([(labels != IGNORE_INDEX).sum() for _, labels, _, _, _ in dataset.examples])
     return (
         f"tokens per record: mean {lengths.mean():.0f}, max {lengths.max()} (max_length {view.max_length}); "
         f"supervised tokens: {supervised.sum():,} in all"

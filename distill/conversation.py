@@ -80,21 +80,42 @@ class ConversationEncoder:
             spans.append((len(start_text), len(end_text)))
         return spans
 
+    def instruction_spans(self, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+        """Character spans of the text of each user turn (the image placeholder left out)."""
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "user":
+                continue
+            question = message["content"].replace(self.image_token, "").strip()
+            start = text.find(question, len(self.render(messages[:i])) if i else 0) if question else -1
+            if start >= 0:
+                spans.append((start, start + len(question)))
+        return spans
+
     def encode(self, conversations: Any) -> tuple[np.ndarray, np.ndarray]:
         """Return int32 input_ids and labels (IGNORE_INDEX outside the assistant replies)."""
+        ids, labels, _ = self.encode_with_instruction(conversations)
+        return ids, labels
+
+    def encode_with_instruction(self, conversations: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """input_ids, labels, and a bool mask of the instruction tokens (the users' text, which
+        IVA's attention weights are read from)."""
         messages = to_messages(conversations)
         text = self.render(messages)
         spans = self.assistant_spans(messages, text)
+        questions = self.instruction_spans(messages, text)
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
         starts = [start for start, _ in encoding["offset_mapping"]]
         supervised = [any(a <= s < b for a, b in spans) for s in starts]
+        instruction = [any(a <= s < b for a, b in questions) for s in starts]
         if self.bos_token is not None and not text.startswith(self.bos_token):
             ids.insert(0, self.tokenizer.bos_token_id)
             supervised.insert(0, False)
+            instruction.insert(0, False)
         input_ids = np.asarray(ids, dtype=np.int32)
         labels = np.where(np.asarray(supervised, dtype=bool), input_ids, IGNORE_INDEX).astype(np.int32)
-        return input_ids, labels
+        return input_ids, labels, np.asarray(instruction, dtype=bool)
 
 
 def encode_instruction_prompt(encoder: ConversationEncoder, content: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +142,16 @@ def expand_image_tokens(
     input_ids: np.ndarray, labels: np.ndarray, image_token_id: int, num_image_tokens: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Replace each image placeholder by `num_image_tokens` copies (never supervised)."""
-    positions = np.flatnonzero(input_ids == image_token_id)
-    if len(positions) == 0:
-        return input_ids, labels
     repeats = np.where(input_ids == image_token_id, num_image_tokens, 1)
     expanded_ids = np.repeat(input_ids, repeats)
     expanded_labels = np.repeat(labels, repeats)
     expanded_labels[expanded_ids == image_token_id] = IGNORE_INDEX
     return expanded_ids, expanded_labels
+
+
+def expand_mask(
+    mask: np.ndarray, input_ids: np.ndarray, image_token_id: int, num_image_tokens: int
+) -> np.ndarray:
+    """A per-token bool mask expanded as expand_image_tokens expands the ids (False on image tokens)."""
+    repeats = np.where(input_ids == image_token_id, num_image_tokens, 1)
+    return np.repeat(mask & (input_ids != image_token_id), repeats)

@@ -30,7 +30,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from distill.conversation import IGNORE_INDEX, ConversationEncoder, DataError, expand_image_tokens
+from distill.conversation import (
+    IGNORE_INDEX,
+    ConversationEncoder,
+    DataError,
+    expand_image_tokens,
+    expand_mask,
+)
 
 
 @dataclass
@@ -95,7 +101,8 @@ class LlavaDataset(Dataset):
         self.skipped: Counter[str] = Counter()
         self._bad_images = multiprocessing.Value("i", 0)
         records = read_records(self.path)[:max_records]
-        self.examples: list[tuple[np.ndarray, np.ndarray, str | None, int]] = []
+        # (input_ids, labels, instruction mask, image file, record index), before image expansion
+        self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]] = []
         for index, record in enumerate(
             tqdm(records, desc=f"tokenize {self.path.name}", disable=not progress, leave=False)
         ):
@@ -109,13 +116,13 @@ class LlavaDataset(Dataset):
             raise DataError(f"{self.path}: no usable records (skipped: {dict(self.skipped)})")
 
     # -- up-front checks and tokenization -----------------------------------------------------
-    def _encode(self, record: Any, index: int) -> tuple[np.ndarray, np.ndarray, str | None, int]:
+    def _encode(self, record: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]:
         if not isinstance(record, dict) or "conversations" not in record:
             raise DataError("malformed record: expected an object with 'conversations'")
         image = record.get("image")
         student = self.views["student"]
         try:
-            ids, labels = student.encoder.encode(record["conversations"])
+            ids, labels, instruction = student.encoder.encode_with_instruction(record["conversations"])
         except DataError as error:
             raise DataError(f"malformed record: {error}") from None
         placeholders = int((ids == student.encoder.image_token_id).sum())
@@ -131,7 +138,7 @@ class LlavaDataset(Dataset):
         elif placeholders:
             raise DataError(f"image-token mismatch: {placeholders} <image> placeholders but no 'image'")
         ids, labels = self._truncate(ids, labels, student)
-        return ids, labels, image, index
+        return ids, labels, instruction[: len(ids)], image, index
 
     def _truncate(
         self, ids: np.ndarray, labels: np.ndarray, view: ModelView
@@ -153,7 +160,7 @@ class LlavaDataset(Dataset):
     def lengths(self) -> list[int]:
         """Expanded (student) sequence length of each example."""
         n_image = self.views["student"].num_image_tokens - 1
-        return [len(ids) + (n_image if name is not None else 0) for ids, _, name, _ in self.examples]
+        return [len(ids) + (n_image if name is not None else 0) for ids, _, _, name, _ in self.examples]
 
     # -- per-item work ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -172,12 +179,20 @@ class LlavaDataset(Dataset):
             raise DataError(f"{self.path}, record {index}: corrupt image {path} ({error})") from None
 
     def _view_tensors(
-        self, view: ModelView, ids: np.ndarray, labels: np.ndarray, image: Image.Image | None
+        self,
+        view: ModelView,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        instruction: np.ndarray,
+        image: Image.Image | None,
     ) -> dict:
-        ids, labels = expand_image_tokens(ids, labels, view.encoder.image_token_id, view.num_image_tokens)
+        image_id, n_image = view.encoder.image_token_id, view.num_image_tokens
+        instruction = expand_mask(instruction, ids, image_id, n_image)
+        ids, labels = expand_image_tokens(ids, labels, image_id, n_image)
         item = {
             "input_ids": torch.from_numpy(ids.astype(np.int64)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
+            "instruction_mask": torch.from_numpy(instruction),
         }
         if image is not None:
             item["pixel_values"] = view.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
@@ -185,7 +200,7 @@ class LlavaDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self.examples)):
-            ids, labels, image_name, index = self.examples[(i + attempt) % len(self.examples)]
+            ids, labels, instruction, image_name, index = self.examples[(i + attempt) % len(self.examples)]
             try:
                 image = self._load_image(image_name, index) if image_name is not None else None
             except DataError:
@@ -194,9 +209,9 @@ class LlavaDataset(Dataset):
                 with self._bad_images.get_lock():
                     self._bad_images.value += 1
                 continue
-            item = self._view_tensors(self.views["student"], ids, labels, image)
+            item = self._view_tensors(self.views["student"], ids, labels, instruction, image)
             if self.teacher_separate:
-                teacher = self._view_tensors(self.views["teacher"], ids, labels, image)
+                teacher = self._view_tensors(self.views["teacher"], ids, labels, instruction, image)
                 item.update({f"teacher_{k}": v for k, v in teacher.items()})
             return item
         raise DataError(f"{self.path}: every image is unreadable")
@@ -224,6 +239,9 @@ class PaddingCollator:
             f"{prefix}input_ids": self._pad(ids, self.pad_token_id),
             f"{prefix}attention_mask": self._pad([torch.ones_like(x) for x in ids], 0),
             f"{prefix}labels": self._pad([item[f"{prefix}labels"] for item in items], IGNORE_INDEX),
+            f"{prefix}instruction_mask": self._pad(
+                [item[f"{prefix}instruction_mask"] for item in items], False
+            ),
         }
         images = [item[f"{prefix}pixel_values"] for item in items if f"{prefix}pixel_values" in item]
         if images:

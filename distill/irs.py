@@ -31,13 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from distill.attention_capture import capture_instruction_attention
-from distill.conversation import (
-    IGNORE_INDEX,
-    ConversationEncoder,
-    DataError,
-    encode_instruction_prompt,
-    expand_image_tokens,
-)
+from distill.conversation import ConversationEncoder, DataError, encode_instruction_prompt, expand_mask
 from distill.data import read_records
 from distill.modeling import image_token_count, load_llava
 
@@ -74,10 +68,10 @@ def _batch(
     rows, masks = [], []
     for _, question in questions:
         ids, instruction = encode_instruction_prompt(encoder, "<image>\n" + question)
-        labels = np.where(instruction, 0, IGNORE_INDEX)
-        ids, labels = expand_image_tokens(ids, labels, encoder.image_token_id, n_visual)
+        instruction = expand_mask(instruction, ids, encoder.image_token_id, n_visual)
+        ids = np.repeat(ids, np.where(ids == encoder.image_token_id, n_visual, 1))
         rows.append(torch.from_numpy(ids.astype(np.int64)))
-        masks.append(torch.from_numpy(labels == 0))
+        masks.append(torch.from_numpy(instruction))
     pad = encoder.tokenizer.pad_token_id
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
     attention = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)

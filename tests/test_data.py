@@ -28,6 +28,19 @@ def test_only_assistant_turns_are_supervised_in_multi_turn_data(tokenizer):
     assert (labels[ids == tokenizer.convert_tokens_to_ids("<image>")] == IGNORE_INDEX).all()
 
 
+def test_instruction_mask_holds_the_text_of_every_user_turn(tokenizer):
+    conversation = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "<image>\nWhat color is the circle?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Where is the red circle?"},
+        {"from": "gpt", "value": "top left"},
+    ]
+    ids, labels, instruction = ConversationEncoder(tokenizer).encode_with_instruction(conversation)
+    assert tokenizer.decode(ids[instruction].tolist()) == "What color is the circle?Where is the red circle?"
+    assert not (instruction & (labels != IGNORE_INDEX)).any()
+
+
 def test_a_system_turn_is_never_supervised(tokenizer):
     conversation = [
         {"from": "system", "value": "Be brief."},
@@ -188,12 +201,28 @@ def test_collator_pads_right_and_stacks_only_present_images(tokenizer):
         {
             "input_ids": torch.tensor([1, 2, 3]),
             "labels": torch.tensor([-100, 2, 3]),
+            "instruction_mask": torch.tensor([True, False, False]),
             "pixel_values": torch.zeros(3, 4, 4),
         },
-        {"input_ids": torch.tensor([1, 2]), "labels": torch.tensor([-100, 2])},
+        {
+            "input_ids": torch.tensor([1, 2]),
+            "labels": torch.tensor([-100, 2]),
+            "instruction_mask": torch.tensor([True, False]),
+        },
     ]
     batch = PaddingCollator(pad_token_id=0)(items)
     assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 2, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 2, -100]]
+    assert batch["instruction_mask"].tolist() == [[True, False, False], [True, False, False]]
     assert batch["pixel_values"].shape == (1, 3, 4, 4)
+
+
+def test_items_carry_an_instruction_mask_aligned_with_the_expanded_ids(tokenizer, shapes):
+    dataset = LlavaDataset(shapes / "train.json", {"student": view(tokenizer)}, progress=False)
+    item = dataset[0]
+    ids, instruction = item["input_ids"], item["instruction_mask"]
+    assert instruction.shape == ids.shape and instruction.dtype == torch.bool
+    assert not instruction[ids == tokenizer.convert_tokens_to_ids("<image>")].any()
+    first_question = dataset.examples[0]  # the record's first human turn is inside the mask
+    assert instruction.any() and first_question[2].sum() == instruction.sum()
