@@ -14,8 +14,10 @@ vision tower keeps its own attention. The row of each instruction token is restr
 visual keys, then averaged over heads and instruction tokens: alpha_l(x), one weight per visual
 token (not renormalised: its sum is the share of attention the instruction pays to the image).
 
-`instruction` and `visual` are bool masks [batch, sequence]; every row must hold the same number
-of visual tokens (one image per sample) and at least one instruction token.
+`instruction` and `visual` are bool masks [batch, sequence]; every sample with an image must hold
+the same number of visual tokens (one image per sample); samples without an image, or without
+instruction tokens, get alpha = 0. `install_capture(model)` keeps the capturing SDPA in place for a
+whole training run (it costs nothing while no capture is active).
 """
 
 from __future__ import annotations
@@ -38,16 +40,15 @@ class _Capture:
     layers: set[int]
     instruction_index: torch.Tensor  # [B, I] positions of the instruction tokens (padded with 0)
     instruction_valid: torch.Tensor  # [B, I] which of those are real
-    visual: torch.Tensor  # [B, T] bool
+    visual_index: torch.Tensor  # [B, V] positions of the visual tokens (padded with 0)
+    visual_valid: torch.Tensor  # [B, V]
     results: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 _active: list[_Capture] = []
 
 
-def _allowed_rows(
-    attention_mask: torch.Tensor | None, index: torch.Tensor, kv_length: int
-) -> torch.Tensor | None:
+def _allowed_rows(attention_mask: torch.Tensor | None, index: torch.Tensor, kv_length: int) -> torch.Tensor:
     """The mask rows of the instruction queries: bool [B, 1|H, I, S] (True = may attend) or float (added)."""
     if attention_mask is None:  # SDPA's is_causal path: no padding, plain causal attention
         keys = torch.arange(kv_length, device=index.device)
@@ -65,23 +66,20 @@ def instruction_to_vision(
     scaling: float,
     capture: _Capture,
 ) -> torch.Tensor:
-    """alpha [B, n_visual]: attention of the instruction queries on the visual keys, mean over heads and queries."""
-    batch, heads, _, head_dim = query.shape
+    """alpha [B, V]: attention of the instruction queries on the visual keys, mean over heads and
+    queries; zeros where a sample has no visual (or no instruction) tokens."""
+    _, heads, _, head_dim = query.shape
     index = capture.instruction_index
     q = torch.gather(query, 2, index[:, None, :, None].expand(-1, heads, -1, head_dim))
     k = repeat_kv(key, getattr(module, "num_key_value_groups", 1))
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling  # [B, H, I, S]
     rows = _allowed_rows(attention_mask, index, k.shape[2])
-    if rows is not None:
-        scores = (
-            scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows.float()
-        )
-    probs = torch.softmax(scores, dim=-1)
-    n_visual = int(capture.visual[0].sum())
-    on_image = probs[capture.visual[:, None, None, :].expand_as(probs)].view(batch, heads, -1, n_visual)
+    scores = scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows.float()
+    probs = torch.softmax(scores, dim=-1).mean(dim=1)  # over heads -> [B, I, S]
+    visual = capture.visual_index[:, None, :].expand(-1, probs.shape[1], -1)
+    on_image = torch.gather(probs, 2, visual) * capture.visual_valid[:, None, :]  # [B, I, V]
     weights = capture.instruction_valid.to(on_image.dtype)  # [B, I]
-    per_query = on_image.mean(dim=1)  # over heads -> [B, I, Nv]
-    return (per_query * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+    return (on_image * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
 
 
 def _capturing_sdpa(
@@ -108,16 +106,20 @@ AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
 def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool [B, T] -> (positions [B, I], valid [B, I]) with I the largest count in the batch."""
+    """Bool [B, T] -> (positions [B, N], valid [B, N]) with N the largest count in the batch."""
     counts = mask.sum(1)
-    if int(counts.min()) == 0:
-        raise ValueError("every sample needs at least one instruction token")
-    width = int(counts.max())
+    width = max(int(counts.max()), 1)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[
         :, :width
     ]  # True positions first, in order
     valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
     return torch.where(valid, order, torch.zeros_like(order)), valid
+
+
+def install_capture(model: Any) -> None:
+    """Route the LLM's attention through the capturing SDPA for good (it is plain SDPA whenever no
+    capture is active); saves switching implementations on every step of a training run."""
+    model.set_attn_implementation({"text_config": CAPTURE_IMPLEMENTATION})
 
 
 @contextmanager
@@ -126,18 +128,21 @@ def capture_instruction_attention(
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block the LLM's layers in `layers` record alpha_l; yields {layer: [B, n_visual]}."""
     counts = visual.sum(1)
-    if int(counts.min()) != int(counts.max()) or int(counts.min()) == 0:
+    present = counts[counts > 0]
+    if len(present) == 0 or int(present.min()) != int(present.max()):
         raise ValueError(
-            f"every sample needs the same, non-zero number of visual tokens (got {counts.tolist()})"
+            f"samples with an image need the same, non-zero number of visual tokens (got {counts.tolist()})"
         )
-    index, valid = _padded_positions(instruction)
-    capture = _Capture(set(layers), index, valid, visual.bool())
-    text_config = model.config.get_text_config()
-    previous = text_config._attn_implementation
-    model.set_attn_implementation({"text_config": CAPTURE_IMPLEMENTATION})
+    instruction_index, instruction_valid = _padded_positions(instruction.bool())
+    visual_index, visual_valid = _padded_positions(visual.bool())
+    capture = _Capture(set(layers), instruction_index, instruction_valid, visual_index, visual_valid)
+    previous = model.config.get_text_config()._attn_implementation
+    if previous != CAPTURE_IMPLEMENTATION:
+        install_capture(model)
     _active.append(capture)
     try:
         yield capture.results
     finally:
         _active.pop()
-        model.set_attn_implementation({"text_config": previous})
+        if previous != CAPTURE_IMPLEMENTATION:
+            model.set_attn_implementation({"text_config": previous})

@@ -15,6 +15,10 @@ LM heads, and compute logits a chunk of positions at a time under activation che
 [positions x vocab] logits of both models never exist whole; backward recomputes each chunk's
 logits. They equal the naive form, gradients included (tests/test_losses.py).
 
+IVA (Align-TI): `attention_weights(alpha)` turns the teacher's instruction-to-vision attention
+into per-visual-token weights; the loss is sum_k w_k * KL_k per sample, from `chunked_divergence`
+over the visual positions.
+
 Reduce with `normalized_sum(per_position, n_items)`: sum over positions divided by the number of
 supervised tokens (across gradient-accumulation micro-batches when the trainer knows it).
 """
@@ -155,3 +159,13 @@ def chunked_cross_entropy(
     return torch.cat(
         [checkpoint(chunk_loss, hidden[s], targets[s], use_reentrant=False) for s in _chunks(n, chunk_size)]
     )
+
+
+def attention_weights(alpha: torch.Tensor) -> torch.Tensor:
+    """IVA's per-visual-token weights [B, V] from instruction-to-vision attention [B, V]: each row
+    scaled to sum to 1 (uniform where a row has no attention mass), so the IVA term is a weighted
+    mean of per-token KL whatever the number of visual tokens and the share of attention the
+    question pays to the image; uniform weights make it LLaVA-KD's mean visual-token KL."""
+    total = alpha.sum(-1, keepdim=True)
+    uniform = torch.full_like(alpha, 1.0 / alpha.shape[-1])
+    return torch.where(total > 0, alpha / total.clamp_min(torch.finfo(alpha.dtype).tiny), uniform)

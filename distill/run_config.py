@@ -107,6 +107,11 @@ class LossConfig:
     jsd_beta: float = 0.5  # mixture weight of generalized JSD (0.5 is symmetric JSD)
     skew_alpha: float = 0.1  # skew of skew KL: KL(P || a*P + (1-a)*Q)
     kl_chunk_size: int = 1024  # positions per chunk of the chunked divergence (0: naive, whole logits)
+    # IVA (Align-TI): KL(P_T || P_S) at each visual position, weighted by instruction-to-vision attention
+    w_iva: float = 0.0
+    iva_weights: Literal["teacher", "student", "uniform"] = "teacher"  # uniform: LLaVA-KD's visual KD
+    iva_layer: int | None = None  # teacher layer of the weights; default: l* from `distill irs` (irs.json)
+    iva_student_layer: int | None = None  # with iva_weights=student; default: l*'s relative depth
 
     def __post_init__(self) -> None:
         check_range("loss.w_sft", self.w_sft, 0.0)
@@ -115,8 +120,9 @@ class LossConfig:
         check_range("loss.jsd_beta", self.jsd_beta, 0.0, 1.0)
         check_range("loss.skew_alpha", self.skew_alpha, 0.0, 1.0)
         check_range("loss.kl_chunk_size", self.kl_chunk_size, 0)
-        if self.w_sft == 0 and self.w_kd == 0:
-            raise ConfigError("loss: at least one of w_sft and w_kd must be positive")
+        check_range("loss.w_iva", self.w_iva, 0.0)
+        if self.w_sft == 0 and self.w_kd == 0 and self.w_iva == 0:
+            raise ConfigError("loss: at least one of w_sft, w_kd and w_iva must be positive")
 
 
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"]
@@ -205,3 +211,5 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.loss.w_kd > 0 and self.teacher.path is None:
             raise ConfigError("loss.w_kd > 0 needs a teacher: set teacher.path")
+        if self.loss.w_iva > 0 and self.teacher.path is None:
+            raise ConfigError("loss.w_iva > 0 needs a teacher: set teacher.path")

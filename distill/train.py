@@ -25,8 +25,9 @@ import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from distill.configuration import load_config, read_yaml, save_config, to_dict
+from distill.configuration import ConfigError, load_config, read_yaml, save_config, to_dict
 from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.irs import read_best_layer
 from distill.modeling import (
     DTYPES,
     build_llava,
@@ -38,7 +39,7 @@ from distill.modeling import (
     load_processor,
     set_trainable,
 )
-from distill.pairing import PairReport, check_pair
+from distill.pairing import PairError, PairReport, check_pair
 from distill.profiling import StepProfiler
 from distill.run_config import ModelConfig, RunConfig
 from distill.throughput import WARMUP_STEPS, StepTimer, describe
@@ -70,13 +71,47 @@ def build_model(cfg: ModelConfig) -> tuple[Any, Any]:
     return model, processor
 
 
+def resolve_iva_layers(cfg: RunConfig, student_config: Any, teacher_config: Any, pair: PairReport) -> None:
+    """Fill in IVA's layers (the teacher's l* from `distill irs`; for student-side weights the student
+    layer at the same relative depth) so the saved run config records them; refuse what cannot work."""
+    loss = cfg.loss
+    if loss.w_iva <= 0:
+        return
+    if not pair.same_visual_tokens:
+        raise PairError(
+            f"loss.w_iva > 0 compares the two models token by token over the image, so it needs the same number "
+            f"of visual tokens (student {pair.student_visual_tokens}, teacher {pair.teacher_visual_tokens})"
+        )
+    if loss.iva_weights == "uniform":
+        return
+    teacher_layers = teacher_config.get_text_config().num_hidden_layers
+    if loss.iva_layer is None:
+        loss.iva_layer = read_best_layer(cfg.teacher.path)
+        if loss.iva_layer is None:
+            raise ConfigError(
+                f"loss.w_iva > 0 needs the teacher layer l*: run `python -m distill irs --model {cfg.teacher.path}` "
+                "(it writes irs.json there) or set loss.iva_layer"
+            )
+    if not 0 <= loss.iva_layer < teacher_layers:
+        raise ConfigError(f"loss.iva_layer={loss.iva_layer} is outside the teacher's {teacher_layers} layers")
+    if loss.iva_weights == "student":
+        student_layers = student_config.get_text_config().num_hidden_layers
+        if loss.iva_student_layer is None:
+            loss.iva_student_layer = round(loss.iva_layer * (student_layers - 1) / max(teacher_layers - 1, 1))
+        if not 0 <= loss.iva_student_layer < student_layers:
+            raise ConfigError(
+                f"loss.iva_student_layer={loss.iva_student_layer} is outside the student's {student_layers} layers"
+            )
+
+
 def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[Any, Any, PairReport] | None:
     """Check the pair from configs and tokenizers first, then load the teacher's weights."""
-    if cfg.loss.w_kd == 0 or cfg.teacher.path is None:
+    if (cfg.loss.w_kd == 0 and cfg.loss.w_iva == 0) or cfg.teacher.path is None:
         return None
     teacher_config = check_llava_dir(cfg.teacher.path)
     teacher_processor = load_processor(cfg.teacher.path)
     report = check_pair(student.config, student_processor, teacher_config, teacher_processor)
+    resolve_iva_layers(cfg, student.config, teacher_config, report)
     teacher = LlavaForConditionalGeneration.from_pretrained(
         cfg.teacher.path, dtype=DTYPES[cfg.teacher.dtype], local_files_only=True
     )

@@ -1,4 +1,8 @@
-"""`DistillTrainer`: a transformers.Trainer whose loss is w_sft * L_sft + w_kd * L_kd.
+"""`DistillTrainer`: a transformers.Trainer whose loss is w_sft * L_sft + w_kd * L_kd + w_iva * L_iva.
+
+L_iva (Align-TI's IVA) is the KL at the visual positions, weighted per sample by the teacher's
+(or the student's) instruction-to-vision attention at one layer, captured during the same forward
+(distill/attention_capture.py), and averaged over the samples that have an image.
 
 The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the loss
 terms are computed from its final hidden states at the supervised positions by the chunked
@@ -13,6 +17,7 @@ scheduler, RNG and trainer state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -23,8 +28,9 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from distill.attention_capture import capture_instruction_attention, install_capture
 from distill.configuration import ConfigError, save_config
-from distill.losses import chunked_cross_entropy, chunked_divergence, normalized_sum
+from distill.losses import attention_weights, chunked_cross_entropy, chunked_divergence, normalized_sum
 from distill.optim import MuonWithAdamW
 from distill.run_config import LossConfig
 
@@ -80,8 +86,10 @@ class DistillTrainer(Trainer):
         self._term_sums: dict[str, Any] = defaultdict(float)
         self._term_steps = 0
         self.teacher = None
-        if teacher is not None and loss_config.w_kd > 0:
+        if teacher is not None and (loss_config.w_kd > 0 or loss_config.w_iva > 0):
             teacher.eval().requires_grad_(False)
+            if loss_config.w_iva > 0 and loss_config.iva_weights == "teacher":
+                install_capture(teacher)  # plain SDPA except while a capture is active
             if self.is_deepspeed_enabled:
                 self.teacher = prepare_deepspeed_teacher(teacher, self.accelerator)
             else:
@@ -136,35 +144,103 @@ class DistillTrainer(Trainer):
         return self.optimizer
 
     # -- loss ------------------------------------------------------------------------------------
-    def _teacher_hidden(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher's final hidden states [B, T', H_t] and labels [B, T'] (its own view of the images)."""
+    def _teacher_forward(
+        self, inputs: dict[str, torch.Tensor], capture_layer: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Teacher's final hidden states [B, T', H_t], labels [B, T'] (its own view of the images)
+        and, when `capture_layer` is given, its instruction-to-vision attention there [B, V]."""
         prefix = "teacher_" if "teacher_input_ids" in inputs else ""
         teacher = self.accelerator.unwrap_model(self.teacher)
-        with torch.no_grad():
+        ids = inputs[f"{prefix}input_ids"]
+        capture = (
+            capture_instruction_attention(
+                teacher,
+                [capture_layer],
+                inputs[f"{prefix}instruction_mask"],
+                ids == teacher.config.image_token_id,
+            )
+            if capture_layer is not None
+            else contextlib.nullcontext({})
+        )
+        with torch.no_grad(), capture as alphas:
             hidden = teacher.model(
-                input_ids=inputs[f"{prefix}input_ids"],
+                input_ids=ids,
                 attention_mask=inputs[f"{prefix}attention_mask"],
                 pixel_values=inputs.get(f"{prefix}pixel_values"),
                 use_cache=False,
             ).last_hidden_state
-        return hidden, inputs[f"{prefix}labels"]
+        return hidden, inputs[f"{prefix}labels"], alphas.get(capture_layer)
+
+    def _student_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+        """The student's forward (with its own attention captured for student-side IVA weights)."""
+        cfg = self.loss_config
+        student_side = cfg.w_iva > 0 and cfg.iva_weights == "student"
+        capture = (
+            capture_instruction_attention(
+                self.accelerator.unwrap_model(model),
+                [cfg.iva_student_layer],
+                inputs["instruction_mask"],
+                inputs["input_ids"] == self.accelerator.unwrap_model(model).config.image_token_id,
+            )
+            if student_side
+            else contextlib.nullcontext({})
+        )
+        with capture as alphas:
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs.get("pixel_values"),
+                output_hidden_states=True,
+                logits_to_keep=1,
+                use_cache=False,
+            )
+        return outputs, alphas.get(cfg.iva_student_layer) if student_side else None
+
+    def _iva_term(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        student_states: torch.Tensor,
+        teacher_states: torch.Tensor,
+        alpha: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """sum_k w_k KL(P_T || P_S) at the visual positions, averaged over the samples with an image."""
+        prefix = "teacher_" if "teacher_input_ids" in inputs else ""
+        image_id = self.accelerator.unwrap_model(model).config.image_token_id
+        student_visual = inputs["input_ids"] == image_id
+        teacher_visual = inputs[f"{prefix}input_ids"] == image_id
+        has_image = student_visual.any(1)
+        n_images = int(has_image.sum())
+        if n_images == 0:
+            return student_states.sum() * 0.0  # keeps the graph whole when a batch holds no image
+        per_position = chunked_divergence(
+            student_states[student_visual],
+            teacher_states[teacher_visual],
+            self.accelerator.unwrap_model(model).lm_head,
+            self.accelerator.unwrap_model(self.teacher).lm_head,
+            "forward_kl",
+            self.loss_config.kl_chunk_size,
+            self.vocab_size,
+            self.loss_config.temperature,
+        ).view(n_images, -1)  # [images, V]
+        if alpha is None:  # uniform weights
+            weights = torch.full_like(per_position, 1.0 / per_position.shape[1])
+        else:
+            weights = attention_weights(alpha[has_image].float())
+        total = (per_position * weights).sum()
+        return total / (n_images * self.args.gradient_accumulation_steps)
 
     def loss_terms(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None
     ) -> dict[str, torch.Tensor]:
-        """Each weighted term of the objective, normalised by the supervised-token count."""
+        """Each weighted term of the objective: SFT and KD normalised by the supervised-token count,
+        IVA by the number of images."""
         cfg = self.loss_config
         labels = inputs["labels"]
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            pixel_values=inputs.get("pixel_values"),
-            output_hidden_states=True,
-            logits_to_keep=1,
-            use_cache=False,
-        )
+        outputs, student_alpha = self._student_forward(model, inputs)
         mask = labels[:, 1:] != -100  # position t predicts token t+1
-        student_hidden = outputs.hidden_states[-1][:, :-1][mask]  # [N, H]
+        final_states = outputs.hidden_states[-1]
+        student_hidden = final_states[:, :-1][mask]  # [N, H]
         n_items = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         head = self.accelerator.unwrap_model(model).lm_head
         terms: dict[str, torch.Tensor] = {}
@@ -173,9 +249,13 @@ class DistillTrainer(Trainer):
                 student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
             )
             terms["sft"] = normalized_sum(nll, n_items)
+        if cfg.w_kd > 0 or cfg.w_iva > 0:
+            teacher_side = cfg.w_iva > 0 and cfg.iva_weights == "teacher"
+            teacher_states, teacher_labels, teacher_alpha = self._teacher_forward(
+                inputs, cfg.iva_layer if teacher_side else None
+            )
         if cfg.w_kd > 0:
-            teacher_hidden, teacher_labels = self._teacher_hidden(inputs)
-            teacher_hidden = teacher_hidden[:, :-1][teacher_labels[:, 1:] != -100]  # [N, H_t]
+            teacher_hidden = teacher_states[:, :-1][teacher_labels[:, 1:] != -100]  # [N, H_t]
             per_position = chunked_divergence(
                 student_hidden,
                 teacher_hidden,
@@ -189,6 +269,9 @@ class DistillTrainer(Trainer):
                 cfg.skew_alpha,
             )
             terms["kd"] = normalized_sum(per_position, n_items)
+        if cfg.w_iva > 0:
+            alpha = teacher_alpha if cfg.iva_weights == "teacher" else student_alpha
+            terms["iva"] = self._iva_term(model, inputs, final_states, teacher_states, alpha)
         return terms
 
     def compute_loss(
@@ -200,7 +283,7 @@ class DistillTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         cfg = self.loss_config
         terms = self.loss_terms(model, inputs, num_items_in_batch)
-        weights = {"sft": cfg.w_sft, "kd": cfg.w_kd}
+        weights = {"sft": cfg.w_sft, "kd": cfg.w_kd, "iva": cfg.w_iva}
         loss = sum(weights[name] * value for name, value in terms.items())
         # Terms are normalised by the token count of the whole (all-process) batch; DDP averages
         # gradients over processes, so scale back up (as Trainer.compute_loss does).

@@ -90,3 +90,16 @@ def test_refuses_unequal_visual_counts(tokenizer):
         capture_instruction_attention(model, [0], torch.ones_like(visual), visual),
     ):
         pass
+
+
+def test_a_sample_without_image_gets_zero_weights_and_leaves_the_others_exact(tokenizer):
+    model, _ = make_model(tokenizer, num_layers=2)
+    inputs, instruction, visual = batch(model, tokenizer)
+    with torch.no_grad():
+        expected = eager_alpha(model, inputs, instruction, visual)
+        no_image = visual.clone()
+        no_image[1] = False  # treat sample 1 as text-only for the capture
+        with capture_instruction_attention(model, [1], instruction, no_image) as alphas:
+            model(**inputs)
+    torch.testing.assert_close(alphas[1][0], expected[1][0], atol=1e-5, rtol=1e-5)
+    assert alphas[1][1].abs().sum() == 0
