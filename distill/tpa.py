@@ -1,0 +1,116 @@
+"""Transition Probability Alignment (Align-TI, section 3.2): at each response position k, d
+candidate tokens drawn from the student's own next-token distribution, and the KL between the
+teacher's and the student's next-token distributions after each candidate.
+
+    candidates = draw_candidates(student_logits_at_response, d=4, mode="nucleus", top_p=0.9)
+    layout = response_layout(labels)                       # where each response token sits
+    mask = continuation_mask(layout, attention_mask, d)    # who may see whom in the second pass
+    hidden = continue_from_cache(language_model, embed, cache, candidates, layout, mask)
+
+kv-continuation (this module): each model runs once over (x, y) keeping its KV cache (with grad for
+the student), then once over all L*d candidates against that cache. Candidate j of position k has
+the position id of the response token y_k it replaces and may attend to the cache columns before
+y_k and to itself, nothing else: the logits equal a separate forward over (x, y_<k, c) for every
+(k, j) (tests/test_tpa.py), without a second pass over the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ResponseLayout:
+    """Positions of the response tokens (labels != -100) of each sample, left-aligned and padded."""
+
+    positions: torch.Tensor  # [B, M] sequence index t of each response token y (0 where padded)
+    valid: torch.Tensor  # [B, M]
+
+    @property
+    def slots(self) -> int:
+        return self.positions.shape[1]
+
+
+def response_layout(labels: torch.Tensor) -> ResponseLayout:
+    supervised = labels != IGNORE_INDEX
+    supervised[:, 0] = False  # the first token has no prefix to be predicted from
+    counts = supervised.sum(1)
+    width = max(int(counts.max()), 1)
+    order = torch.argsort((~supervised).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=labels.device)[None, :] < counts[:, None]
+    return ResponseLayout(torch.where(valid, order, torch.zeros_like(order)), valid)
+
+
+@torch.no_grad()
+def draw_candidates(
+    logits: torch.Tensor,
+    d: int,
+    mode: str = "nucleus",
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """d distinct tokens per row of logits [N, V] -> [N, d].
+
+    greedy: the d most likely tokens. nucleus: d draws without replacement from the
+    temperature-scaled distribution cut to its top-p nucleus; when the nucleus holds fewer than d
+    tokens, the most likely tokens outside it fill the remaining slots."""
+    if mode == "greedy":
+        return logits.topk(d, dim=-1).indices
+    if mode != "nucleus":
+        raise ValueError(f"unknown candidate sampling {mode!r} (nucleus or greedy)")
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs
+    keep = before < top_p  # the smallest prefix whose mass reaches top_p
+    keep[:, :d] |= keep.sum(-1, keepdim=True) < d  # too small a nucleus: fill from the top
+    weights = torch.where(keep, sorted_probs.clamp_min(1e-12), torch.zeros_like(sorted_probs))
+    picked = torch.multinomial(weights, d, replacement=False, generator=generator)
+    return torch.gather(order, 1, picked)
+
+
+def continuation_mask(layout: ResponseLayout, attention_mask: torch.Tensor, d: int) -> torch.Tensor:
+    """Bool [B, 1, M*d, T + M*d] (True = may attend): candidate j of response token y at position t
+    sees the non-padding cache columns before t and its own column."""
+    batch, length = attention_mask.shape
+    slots = layout.slots * d
+    position = layout.positions.repeat_interleave(d, dim=1)  # [B, M*d]
+    columns = torch.arange(length, device=attention_mask.device)
+    past = (columns[None, None, :] < position[:, :, None]) & attention_mask.bool()[:, None, :]
+    itself = torch.eye(slots, dtype=torch.bool, device=attention_mask.device).expand(batch, -1, -1)
+    return torch.cat([past, itself], dim=-1)[:, None]
+
+
+def continue_from_cache(
+    language_model: Any,
+    embed: torch.nn.Module,
+    cache: Any,
+    candidates: torch.Tensor,
+    layout: ResponseLayout,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Final hidden states [B, M*d, H] of the candidates [B, M*d], continuing the first pass's cache."""
+    d = candidates.shape[1] // layout.slots
+    position_ids = layout.positions.repeat_interleave(d, dim=1)
+    outputs = language_model(
+        inputs_embeds=embed(candidates),
+        attention_mask=mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=False,
+    )
+    return outputs.last_hidden_state
+
+
+def slot_candidates(candidates: torch.Tensor, layout: ResponseLayout) -> torch.Tensor:
+    """Per-response-token candidates [N, d] (valid slots, row-major) -> [B, M*d] (0 in padded slots)."""
+    batch, slots = layout.valid.shape
+    d = candidates.shape[1]
+    out = torch.zeros(batch, slots, d, dtype=candidates.dtype, device=candidates.device)
+    out[layout.valid] = candidates
+    return out.view(batch, slots * d)

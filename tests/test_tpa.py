@@ -1,0 +1,113 @@
+"""TPA by kv-continuation equals a separate forward over (x, y_<k, c) for every response position k
+and candidate c — logits and the gradients of a loss on them — for tiny Qwen2 and Qwen3 students."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.modeling import image_token_count
+from distill.tpa import (
+    continuation_mask,
+    continue_from_cache,
+    draw_candidates,
+    response_layout,
+    slot_candidates,
+)
+from tests.conftest import make_model
+
+
+def short_batch(model, processor, shapes, lengths=(40, 31)):
+    """Two samples of different lengths (so the batch is right-padded), each truncated short."""
+    items = []
+    for i, max_length in enumerate(lengths):
+        view = ModelView.from_processor(processor, image_token_count(model.config), max_length)
+        dataset = LlavaDataset(shapes / "val.json", {"student": view}, skip_bad_records=True, progress=False)
+        items.append(dataset[i])
+    assert len(items[0]["input_ids"]) != len(items[1]["input_ids"])
+    return PaddingCollator(processor.tokenizer.pad_token_id)(items)
+
+
+def kv_continuation_logits(model, batch, candidates_per_token, d):
+    layout = response_layout(batch["labels"])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        use_cache=True,
+    )
+    candidates = slot_candidates(candidates_per_token, layout)
+    mask = continuation_mask(layout, batch["attention_mask"], d)
+    hidden = continue_from_cache(
+        model.model.language_model,
+        model.get_input_embeddings(),
+        out.past_key_values,
+        candidates,
+        layout,
+        mask,
+    )
+    logits = model.lm_head(hidden).view(*layout.valid.shape, d, -1)
+    return logits[layout.valid]  # [N, d, V]
+
+
+def naive_logits(model, batch, candidates_per_token, d):
+    layout = response_layout(batch["labels"])
+    rows = []
+    for b in range(batch["input_ids"].shape[0]):
+        for t in layout.positions[b][layout.valid[b]].tolist():
+            per_candidate = []
+            for j in range(d):
+                row = len(rows)
+                ids = torch.cat([batch["input_ids"][b, :t], candidates_per_token[row, j : j + 1]])[None]
+                logits = model(input_ids=ids, pixel_values=batch["pixel_values"][b : b + 1]).logits[0, -1]
+                per_candidate.append(logits)
+            rows.append(torch.stack(per_candidate))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3"])
+def test_kv_continuation_equals_separate_forwards(tokenizer, shapes, text_model_type):
+    model, processor = make_model(tokenizer, text_model_type=text_model_type, num_layers=2)
+    batch = short_batch(model, processor, shapes)
+    layout = response_layout(batch["labels"])
+    d, n = 3, int(layout.valid.sum())
+    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(0))
+    target = torch.log_softmax(torch.randn(n, d, model.config.text_config.vocab_size), -1)
+
+    def loss_and_grads(logits_fn):
+        model.zero_grad()
+        logits = logits_fn(model, batch, candidates, d)
+        loss = F.kl_div(torch.log_softmax(logits, -1), target, reduction="sum", log_target=True)
+        loss.backward()
+        return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    fast, fast_grads = loss_and_grads(kv_continuation_logits)
+    slow, slow_grads = loss_and_grads(naive_logits)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 0
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_layout_skips_prompt_and_padding():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    layout = response_layout(labels)
+    assert layout.positions.tolist() == [[2, 3], [1, 0]] and layout.valid.tolist() == [
+        [True, True],
+        [True, False],
+    ]
+    mask = continuation_mask(layout, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]), d=2)
+    assert mask.shape == (2, 1, 4, 5 + 4)
+    assert mask[0, 0, 0, :5].tolist() == [True, True, False, False, False]  # y at t=2 sees columns 0, 1
+    assert mask[0, 0, 3, 5:].tolist() == [False, False, False, True]  # and only itself among candidates
+
+
+def test_candidates_are_distinct_and_greedy_takes_the_top():
+    logits = torch.tensor([[5.0, 4.0, 3.0, -9.0, -9.0], [0.0, 0.0, 0.0, 0.0, 9.0]])
+    assert (
+        draw_candidates(logits, 2, "greedy").tolist() == [[0, 1], [4, 0]]
+        or draw_candidates(logits, 2, "greedy")[1, 0].item() == 4
+    )
+    picked = draw_candidates(logits, 3, "nucleus", top_p=0.5, generator=torch.Generator().manual_seed(1))
+    assert all(len(set(row)) == 3 for row in picked.tolist())
+    assert set(picked[1].tolist()) >= {4}  # a nucleus of one token is filled from the top
