@@ -112,6 +112,12 @@ class LossConfig:
     iva_weights: Literal["teacher", "student", "uniform"] = "teacher"  # uniform: LLaVA-KD's visual KD
     iva_layer: int | None = None  # teacher layer of the weights; default: l* from `distill irs` (irs.json)
     iva_student_layer: int | None = None  # with iva_weights=student; default: l*'s relative depth
+    # TPA (Align-TI): KL(P_T || P_S) of the next token after each of d candidates the student proposes
+    w_tpa: float = 0.0
+    tpa_candidates: int = 4  # d, candidates per response position (the paper's plateau)
+    tpa_sampling: Literal["nucleus", "greedy"] = "nucleus"  # greedy: the top-d tokens (paper Fig. 5)
+    tpa_top_p: float = 0.9  # nucleus mass the candidates are drawn from (without replacement)
+    tpa_temperature: float = 1.0  # applied to the student's distribution before drawing
 
     def __post_init__(self) -> None:
         check_range("loss.w_sft", self.w_sft, 0.0)
@@ -121,8 +127,12 @@ class LossConfig:
         check_range("loss.skew_alpha", self.skew_alpha, 0.0, 1.0)
         check_range("loss.kl_chunk_size", self.kl_chunk_size, 0)
         check_range("loss.w_iva", self.w_iva, 0.0)
-        if self.w_sft == 0 and self.w_kd == 0 and self.w_iva == 0:
-            raise ConfigError("loss: at least one of w_sft, w_kd and w_iva must be positive")
+        check_range("loss.w_tpa", self.w_tpa, 0.0)
+        check_range("loss.tpa_candidates", self.tpa_candidates, 1)
+        check_range("loss.tpa_top_p", self.tpa_top_p, 1e-6, 1.0)
+        check_range("loss.tpa_temperature", self.tpa_temperature, 1e-3)
+        if self.w_sft == 0 and self.w_kd == 0 and self.w_iva == 0 and self.w_tpa == 0:
+            raise ConfigError("loss: at least one of w_sft, w_kd, w_iva and w_tpa must be positive")
 
 
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"]
@@ -211,5 +221,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.loss.w_kd > 0 and self.teacher.path is None:
             raise ConfigError("loss.w_kd > 0 needs a teacher: set teacher.path")
-        if self.loss.w_iva > 0 and self.teacher.path is None:
-            raise ConfigError("loss.w_iva > 0 needs a teacher: set teacher.path")
+        for term in ("w_iva", "w_tpa"):
+            if getattr(self.loss, term) > 0 and self.teacher.path is None:
+                raise ConfigError(f"loss.{term} > 0 needs a teacher: set teacher.path")
+        if self.loss.w_tpa > 0 and self.train.gradient_checkpointing:
+            raise ConfigError(
+                "loss.w_tpa > 0 continues the first pass's KV cache, which gradient checkpointing does not keep; "
+                "set train.gradient_checkpointing=false"
+            )

@@ -106,7 +106,7 @@ def resolve_iva_layers(cfg: RunConfig, student_config: Any, teacher_config: Any,
 
 def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[Any, Any, PairReport] | None:
     """Check the pair from configs and tokenizers first, then load the teacher's weights."""
-    if (cfg.loss.w_kd == 0 and cfg.loss.w_iva == 0) or cfg.teacher.path is None:
+    if max(cfg.loss.w_kd, cfg.loss.w_iva, cfg.loss.w_tpa) == 0 or cfg.teacher.path is None:
         return None
     teacher_config = check_llava_dir(cfg.teacher.path)
     teacher_processor = load_processor(cfg.teacher.path)

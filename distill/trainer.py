@@ -33,6 +33,13 @@ from distill.configuration import ConfigError, save_config
 from distill.losses import attention_weights, chunked_cross_entropy, chunked_divergence, normalized_sum
 from distill.optim import MuonWithAdamW
 from distill.run_config import LossConfig
+from distill.tpa import (
+    continuation_mask,
+    continue_from_cache,
+    draw_candidates,
+    response_layout,
+    slot_candidates,
+)
 
 STAGING_DIR = ".partial"
 
@@ -86,7 +93,7 @@ class DistillTrainer(Trainer):
         self._term_sums: dict[str, Any] = defaultdict(float)
         self._term_steps = 0
         self.teacher = None
-        if teacher is not None and (loss_config.w_kd > 0 or loss_config.w_iva > 0):
+        if teacher is not None and max(loss_config.w_kd, loss_config.w_iva, loss_config.w_tpa) > 0:
             teacher.eval().requires_grad_(False)
             if loss_config.w_iva > 0 and loss_config.iva_weights == "teacher":
                 install_capture(teacher)  # plain SDPA except while a capture is active
@@ -145,10 +152,11 @@ class DistillTrainer(Trainer):
 
     # -- loss ------------------------------------------------------------------------------------
     def _teacher_forward(
-        self, inputs: dict[str, torch.Tensor], capture_layer: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Teacher's final hidden states [B, T', H_t], labels [B, T'] (its own view of the images)
-        and, when `capture_layer` is given, its instruction-to-vision attention there [B, V]."""
+        self, inputs: dict[str, torch.Tensor], capture_layer: int | None = None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+        """Teacher's final hidden states [B, T', H_t], labels [B, T'] (its own view of the images),
+        its instruction-to-vision attention at `capture_layer` [B, V] (when given) and its KV cache
+        (when `use_cache`)."""
         prefix = "teacher_" if "teacher_input_ids" in inputs else ""
         teacher = self.accelerator.unwrap_model(self.teacher)
         ids = inputs[f"{prefix}input_ids"]
@@ -163,13 +171,14 @@ class DistillTrainer(Trainer):
             else contextlib.nullcontext({})
         )
         with torch.no_grad(), capture as alphas:
-            hidden = teacher.model(
+            outputs = teacher.model(
                 input_ids=ids,
                 attention_mask=inputs[f"{prefix}attention_mask"],
                 pixel_values=inputs.get(f"{prefix}pixel_values"),
-                use_cache=False,
-            ).last_hidden_state
-        return hidden, inputs[f"{prefix}labels"], alphas.get(capture_layer)
+                use_cache=use_cache,
+            )
+        cache = outputs.past_key_values if use_cache else None
+        return outputs.last_hidden_state, inputs[f"{prefix}labels"], alphas.get(capture_layer), cache
 
     def _student_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
         """The student's forward (with its own attention captured for student-side IVA weights)."""
@@ -192,7 +201,7 @@ class DistillTrainer(Trainer):
                 pixel_values=inputs.get("pixel_values"),
                 output_hidden_states=True,
                 logits_to_keep=1,
-                use_cache=False,
+                use_cache=cfg.w_tpa > 0,  # TPA continues this pass's KV cache
             )
         return outputs, alphas.get(cfg.iva_student_layer) if student_side else None
 
@@ -249,10 +258,10 @@ class DistillTrainer(Trainer):
                 student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
             )
             terms["sft"] = normalized_sum(nll, n_items)
-        if cfg.w_kd > 0 or cfg.w_iva > 0:
+        if cfg.w_kd > 0 or cfg.w_iva > 0 or cfg.w_tpa > 0:
             teacher_side = cfg.w_iva > 0 and cfg.iva_weights == "teacher"
-            teacher_states, teacher_labels, teacher_alpha = self._teacher_forward(
-                inputs, cfg.iva_layer if teacher_side else None
+            teacher_states, teacher_labels, teacher_alpha, teacher_cache = self._teacher_forward(
+                inputs, cfg.iva_layer if teacher_side else None, use_cache=cfg.w_tpa > 0
             )
         if cfg.w_kd > 0:
             teacher_hidden = teacher_states[:, :-1][teacher_labels[:, 1:] != -100]  # [N, H_t]
@@ -272,7 +281,67 @@ class DistillTrainer(Trainer):
         if cfg.w_iva > 0:
             alpha = teacher_alpha if cfg.iva_weights == "teacher" else student_alpha
             terms["iva"] = self._iva_term(model, inputs, final_states, teacher_states, alpha)
+        if cfg.w_tpa > 0:
+            per_candidate = self._tpa_divergences(
+                model, inputs, student_hidden, outputs.past_key_values, teacher_cache
+            )
+            terms["tpa"] = normalized_sum(per_candidate, n_items) / cfg.tpa_candidates
         return terms
+
+    def _tpa_divergences(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        student_hidden: torch.Tensor,
+        student_cache: Any,
+        teacher_cache: Any,
+    ) -> torch.Tensor:
+        """KL(P_T || P_S) after each of d student-proposed candidates at every response position
+        [N * d], by kv-continuation of both models' first-pass caches (distill/tpa.py)."""
+        cfg = self.loss_config
+        student = self.accelerator.unwrap_model(model)
+        teacher = self.accelerator.unwrap_model(self.teacher)
+        d = cfg.tpa_candidates
+        with torch.no_grad():  # candidates come from the student's own distribution, without gradient
+            chunks = [
+                draw_candidates(
+                    student.lm_head(part)[..., : self.vocab_size],
+                    d,
+                    cfg.tpa_sampling,
+                    cfg.tpa_top_p,
+                    cfg.tpa_temperature,
+                )
+                for part in student_hidden.detach().split(max(cfg.kl_chunk_size, 1))
+            ]
+        candidates = torch.cat(chunks) if chunks else student_hidden.new_zeros(0, d, dtype=torch.long)
+        hidden = {}
+        for side, module, cache, prefix in (
+            ("student", student, student_cache, ""),
+            ("teacher", teacher, teacher_cache, "teacher_" if "teacher_input_ids" in inputs else ""),
+        ):
+            layout = response_layout(inputs[f"{prefix}labels"])
+            mask = continuation_mask(layout, inputs[f"{prefix}attention_mask"], d)
+            context = torch.no_grad() if side == "teacher" else contextlib.nullcontext()
+            with context:
+                states = continue_from_cache(
+                    module.model.language_model,
+                    module.get_input_embeddings(),
+                    cache,
+                    slot_candidates(candidates, layout),
+                    layout,
+                    mask,
+                )
+            hidden[side] = states.view(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)  # [N * d, H]
+        return chunked_divergence(
+            hidden["student"],
+            hidden["teacher"],
+            student.lm_head,
+            teacher.lm_head,
+            "forward_kl",
+            cfg.kl_chunk_size,
+            self.vocab_size,
+            cfg.temperature,
+        )
 
     def compute_loss(
         self,
@@ -283,7 +352,7 @@ class DistillTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         cfg = self.loss_config
         terms = self.loss_terms(model, inputs, num_items_in_batch)
-        weights = {"sft": cfg.w_sft, "kd": cfg.w_kd, "iva": cfg.w_iva}
+        weights = {"sft": cfg.w_sft, "kd": cfg.w_kd, "iva": cfg.w_iva, "tpa": cfg.w_tpa}
         loss = sum(weights[name] * value for name, value in terms.items())
         # Terms are normalised by the token count of the whole (all-process) batch; DDP averages
         # gradients over processes, so scale back up (as Trainer.compute_loss does).

@@ -109,3 +109,78 @@ def test_candidates_are_distinct_and_greedy_takes_the_top():
     picked = draw_candidates(logits, 3, "nucleus", top_p=0.5, generator=torch.Generator().manual_seed(1))
     assert all(len(set(row)) == 3 for row in picked.tolist())
     assert set(picked[1].tolist()) >= {4}  # a nucleus of one token is filled from the top
+
+
+def naive_tpa(student, teacher, batch, d):
+    """mean over response tokens and greedy candidates of KL(P_T || P_S) after (x, y_<t, c), one forward each."""
+    layout = response_layout(batch["labels"])
+    with torch.no_grad():
+        full = student(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+        ).logits
+    total, count = 0.0, 0
+    for b in range(batch["input_ids"].shape[0]):
+        for t in layout.positions[b][layout.valid[b]].tolist():
+            for c in full[b, t - 1].topk(d).indices.tolist():
+                ids = torch.cat([batch["input_ids"][b, :t], torch.tensor([c])])[None]
+                pixels = batch["pixel_values"][b : b + 1]
+                s_log = torch.log_softmax(student(input_ids=ids, pixel_values=pixels).logits[0, -1], -1)
+                with torch.no_grad():
+                    t_log = torch.log_softmax(teacher(input_ids=ids, pixel_values=pixels).logits[0, -1], -1)
+                total = total + F.kl_div(s_log, t_log, reduction="sum", log_target=True)
+            count += 1
+    return total / (count * d)
+
+
+def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, teacher_dir):
+    from distill.train import setup
+    from tests.test_trainer import config
+
+    cfg = config(
+        shapes,
+        tmp_path / "run",
+        teacher={"path": str(teacher_dir)},
+        data={"max_length": 40},
+        loss={"w_sft": 0.0, "w_tpa": 1.0, "tpa_candidates": 2, "tpa_sampling": "greedy", "kl_chunk_size": 7},
+    )
+    cfg.data.skip_bad_records = True
+    s = setup(cfg)
+    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(2)])
+    student = s.trainer.model.eval()
+    teacher = s.trainer.accelerator.unwrap_model(s.trainer.teacher)
+    terms = s.trainer.loss_terms(student, batch)
+    torch.testing.assert_close(terms["tpa"], naive_tpa(student, teacher, batch, d=2), atol=1e-5, rtol=1e-4)
+
+
+def test_a_tpa_run_logs_its_term(tmp_path, shapes, teacher_dir):
+    import json
+
+    from distill.train import fit, setup
+    from tests.test_trainer import config
+
+    cfg = config(
+        shapes,
+        tmp_path / "run",
+        teacher={"path": str(teacher_dir)},
+        loss={"w_kd": 1.0, "w_tpa": 1.0},
+        train={"max_steps": 2},
+    )
+    final = fit(setup(cfg))
+    logs = [e for e in json.loads((final / "train_summary.json").read_text())["log_history"] if "loss" in e]
+    assert logs and all(e["loss_tpa"] > 0 for e in logs)
+
+
+def test_tpa_refuses_gradient_checkpointing(tmp_path, shapes):
+    from distill.configuration import ConfigError
+    from tests.test_trainer import config
+
+    with pytest.raises(ConfigError, match="gradient_checkpointing=false"):
+        config(
+            shapes,
+            tmp_path / "run",
+            teacher={"path": "t"},
+            loss={"w_tpa": 1.0},
+            train={"gradient_checkpointing": True},
+        )
