@@ -118,6 +118,8 @@ class LossConfig:
     tpa_sampling: Literal["nucleus", "greedy"] = "nucleus"  # greedy: the top-d tokens (paper Fig. 5)
     tpa_top_p: float = 0.9  # nucleus mass the candidates are drawn from (without replacement)
     tpa_temperature: float = 1.0  # applied to the student's distribution before drawing
+    # kv: continue each model's KV cache over the candidates; ribbon: one pass over (x, y) + candidates
+    tpa_impl: Literal["kv", "ribbon"] = "kv"
 
     def __post_init__(self) -> None:
         check_range("loss.w_sft", self.w_sft, 0.0)

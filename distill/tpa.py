@@ -114,3 +114,32 @@ def slot_candidates(candidates: torch.Tensor, layout: ResponseLayout) -> torch.T
     out = torch.zeros(batch, slots, d, dtype=candidates.dtype, device=candidates.device)
     out[layout.valid] = candidates
     return out.view(batch, slots * d)
+
+
+def ribbon_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, candidates: torch.Tensor, layout: ResponseLayout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The single-pass "ribbon" of the paper's appendix B.6: the sequence (x, y) followed by all
+    L*d candidates, with shared position ids (a candidate takes the position of the token it
+    replaces) and a dense bool mask [B, 1, T + M*d, T + M*d]: (x, y) attends causally as usual and
+    never to a candidate; a candidate sees the prefix before its position and itself. The paper
+    interleaves each y_k's candidates after y_(k-1); appending them is the same attention pattern
+    permuted, and keeps (x, y) — with its image tokens and labels — where the model expects it.
+
+    Returns (input_ids, position_ids, mask)."""
+    batch, length = input_ids.shape
+    d = candidates.shape[1] // layout.slots
+    padding = attention_mask.bool()
+    causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+    main = causal[None] & padding[:, None, :]
+    main |= torch.eye(length, dtype=torch.bool, device=input_ids.device)[None]  # no empty row on padding
+    main = torch.cat([main, main.new_zeros(batch, length, candidates.shape[1])], dim=-1)
+    mask = torch.cat([main, continuation_mask(layout, attention_mask, d)[:, 0]], dim=1)[:, None]
+    positions = torch.cat(
+        [
+            torch.arange(length, device=input_ids.device).expand(batch, -1),
+            layout.positions.repeat_interleave(d, dim=1),
+        ],
+        dim=1,
+    )
+    return torch.cat([input_ids, candidates], dim=1), positions, mask

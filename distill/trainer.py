@@ -38,6 +38,7 @@ from distill.tpa import (
     continue_from_cache,
     draw_candidates,
     response_layout,
+    ribbon_inputs,
     slot_candidates,
 )
 
@@ -152,20 +153,31 @@ class DistillTrainer(Trainer):
 
     # -- loss ------------------------------------------------------------------------------------
     def _teacher_forward(
-        self, inputs: dict[str, torch.Tensor], capture_layer: int | None = None, use_cache: bool = False
+        self,
+        inputs: dict[str, torch.Tensor],
+        capture_layer: int | None = None,
+        use_cache: bool = False,
+        ribbon_candidates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
-        """Teacher's final hidden states [B, T', H_t], labels [B, T'] (its own view of the images),
-        its instruction-to-vision attention at `capture_layer` [B, V] (when given) and its KV cache
-        (when `use_cache`)."""
+        """Teacher's final hidden states [B, T', H_t] over (x, y), labels [B, T'] (its own view of
+        the images), its instruction-to-vision attention at `capture_layer` [B, V] (when given), and
+        for TPA either its KV cache (`use_cache`) or, with `ribbon_candidates` [N, d], the hidden
+        states of those candidates [N * d, H_t] from the same single ribbon pass."""
         prefix = "teacher_" if "teacher_input_ids" in inputs else ""
         teacher = self.accelerator.unwrap_model(self.teacher)
-        ids = inputs[f"{prefix}input_ids"]
+        ids, attention = inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"]
+        instruction, position_ids, length = inputs[f"{prefix}instruction_mask"], None, ids.shape[1]
+        if ribbon_candidates is not None:
+            layout = response_layout(inputs[f"{prefix}labels"])
+            ids, position_ids, attention = ribbon_inputs(
+                ids, attention, slot_candidates(ribbon_candidates, layout), layout
+            )
+            instruction = torch.cat(
+                [instruction, instruction.new_zeros(ids.shape[0], ids.shape[1] - length)], 1
+            )
         capture = (
             capture_instruction_attention(
-                teacher,
-                [capture_layer],
-                inputs[f"{prefix}instruction_mask"],
-                ids == teacher.config.image_token_id,
+                teacher, [capture_layer], instruction, ids == teacher.config.image_token_id
             )
             if capture_layer is not None
             else contextlib.nullcontext({})
@@ -173,12 +185,17 @@ class DistillTrainer(Trainer):
         with torch.no_grad(), capture as alphas:
             outputs = teacher.model(
                 input_ids=ids,
-                attention_mask=inputs[f"{prefix}attention_mask"],
+                attention_mask=attention,
+                position_ids=position_ids,
                 pixel_values=inputs.get(f"{prefix}pixel_values"),
                 use_cache=use_cache,
             )
-        cache = outputs.past_key_values if use_cache else None
-        return outputs.last_hidden_state, inputs[f"{prefix}labels"], alphas.get(capture_layer), cache
+        hidden = outputs.last_hidden_state
+        extra = outputs.past_key_values if use_cache else None
+        if ribbon_candidates is not None:
+            d = ribbon_candidates.shape[1]
+            extra = hidden[:, length:].reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
+        return hidden[:, :length], inputs[f"{prefix}labels"], alphas.get(capture_layer), extra
 
     def _student_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
         """The student's forward (with its own attention captured for student-side IVA weights)."""
@@ -201,7 +218,7 @@ class DistillTrainer(Trainer):
                 pixel_values=inputs.get("pixel_values"),
                 output_hidden_states=True,
                 logits_to_keep=1,
-                use_cache=cfg.w_tpa > 0,  # TPA continues this pass's KV cache
+                use_cache=cfg.w_tpa > 0 and cfg.tpa_impl == "kv",  # TPA continues this pass's KV cache
             )
         return outputs, alphas.get(cfg.iva_student_layer) if student_side else None
 
@@ -258,10 +275,15 @@ class DistillTrainer(Trainer):
                 student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
             )
             terms["sft"] = normalized_sum(nll, n_items)
+        candidates = self._draw_candidates(model, student_hidden) if cfg.w_tpa > 0 else None
+        ribbon = cfg.w_tpa > 0 and cfg.tpa_impl == "ribbon"
         if cfg.w_kd > 0 or cfg.w_iva > 0 or cfg.w_tpa > 0:
             teacher_side = cfg.w_iva > 0 and cfg.iva_weights == "teacher"
-            teacher_states, teacher_labels, teacher_alpha, teacher_cache = self._teacher_forward(
-                inputs, cfg.iva_layer if teacher_side else None, use_cache=cfg.w_tpa > 0
+            teacher_states, teacher_labels, teacher_alpha, teacher_tpa = self._teacher_forward(
+                inputs,
+                cfg.iva_layer if teacher_side else None,
+                use_cache=cfg.w_tpa > 0 and not ribbon,
+                ribbon_candidates=candidates if ribbon else None,
             )
         if cfg.w_kd > 0:
             teacher_hidden = teacher_states[:, :-1][teacher_labels[:, 1:] != -100]  # [N, H_t]
@@ -283,58 +305,80 @@ class DistillTrainer(Trainer):
             terms["iva"] = self._iva_term(model, inputs, final_states, teacher_states, alpha)
         if cfg.w_tpa > 0:
             per_candidate = self._tpa_divergences(
-                model, inputs, student_hidden, outputs.past_key_values, teacher_cache
+                model, inputs, candidates, outputs.past_key_values, teacher_tpa
             )
             terms["tpa"] = normalized_sum(per_candidate, n_items) / cfg.tpa_candidates
         return terms
+
+    def _draw_candidates(self, model: torch.nn.Module, student_hidden: torch.Tensor) -> torch.Tensor:
+        """d distinct candidates [N, d] per response position from the student's own next-token
+        distribution there (no gradient; the image token is never proposed)."""
+        cfg = self.loss_config
+        student = self.accelerator.unwrap_model(model)
+        image_id = student.config.image_token_id
+        parts = []
+        with torch.no_grad():
+            for part in student_hidden.detach().split(max(cfg.kl_chunk_size, 1)):
+                logits = student.lm_head(part)[..., : self.vocab_size].float()
+                if image_id < logits.shape[-1]:
+                    logits[..., image_id] = float("-inf")
+                parts.append(
+                    draw_candidates(
+                        logits, cfg.tpa_candidates, cfg.tpa_sampling, cfg.tpa_top_p, cfg.tpa_temperature
+                    )
+                )
+        return (
+            torch.cat(parts) if parts else student_hidden.new_zeros(0, cfg.tpa_candidates, dtype=torch.long)
+        )
 
     def _tpa_divergences(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        student_hidden: torch.Tensor,
+        candidates: torch.Tensor,
         student_cache: Any,
-        teacher_cache: Any,
+        teacher_tpa: Any,
     ) -> torch.Tensor:
-        """KL(P_T || P_S) after each of d student-proposed candidates at every response position
-        [N * d], by kv-continuation of both models' first-pass caches (distill/tpa.py)."""
+        """KL(P_T || P_S) after each candidate [N * d]: by kv-continuation of both models' first-pass
+        caches, or (tpa_impl=ribbon) from one ribbon pass of each model (distill/tpa.py)."""
         cfg = self.loss_config
         student = self.accelerator.unwrap_model(model)
         teacher = self.accelerator.unwrap_model(self.teacher)
         d = cfg.tpa_candidates
-        with torch.no_grad():  # candidates come from the student's own distribution, without gradient
-            chunks = [
-                draw_candidates(
-                    student.lm_head(part)[..., : self.vocab_size],
-                    d,
-                    cfg.tpa_sampling,
-                    cfg.tpa_top_p,
-                    cfg.tpa_temperature,
+        layout = response_layout(inputs["labels"])
+        slots = slot_candidates(candidates, layout)
+        if cfg.tpa_impl == "ribbon":
+            ids, positions, mask = ribbon_inputs(inputs["input_ids"], inputs["attention_mask"], slots, layout)
+            states = student.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                pixel_values=inputs.get("pixel_values"),
+            ).last_hidden_state[:, inputs["input_ids"].shape[1] :]
+            teacher_hidden = teacher_tpa
+        else:
+            mask = continuation_mask(layout, inputs["attention_mask"], d)
+            embed = student.get_input_embeddings()
+            states = continue_from_cache(
+                student.model.language_model, embed, student_cache, slots, layout, mask
+            )
+            prefix = "teacher_" if "teacher_input_ids" in inputs else ""
+            t_layout = response_layout(inputs[f"{prefix}labels"])
+            t_mask = continuation_mask(t_layout, inputs[f"{prefix}attention_mask"], d)
+            with torch.no_grad():
+                t_states = continue_from_cache(
+                    teacher.model.language_model,
+                    teacher.get_input_embeddings(),
+                    teacher_tpa,
+                    slot_candidates(candidates, t_layout),
+                    t_layout,
+                    t_mask,
                 )
-                for part in student_hidden.detach().split(max(cfg.kl_chunk_size, 1))
-            ]
-        candidates = torch.cat(chunks) if chunks else student_hidden.new_zeros(0, d, dtype=torch.long)
-        hidden = {}
-        for side, module, cache, prefix in (
-            ("student", student, student_cache, ""),
-            ("teacher", teacher, teacher_cache, "teacher_" if "teacher_input_ids" in inputs else ""),
-        ):
-            layout = response_layout(inputs[f"{prefix}labels"])
-            mask = continuation_mask(layout, inputs[f"{prefix}attention_mask"], d)
-            context = torch.no_grad() if side == "teacher" else contextlib.nullcontext()
-            with context:
-                states = continue_from_cache(
-                    module.model.language_model,
-                    module.get_input_embeddings(),
-                    cache,
-                    slot_candidates(candidates, layout),
-                    layout,
-                    mask,
-                )
-            hidden[side] = states.view(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)  # [N * d, H]
+            teacher_hidden = t_states.view(*t_layout.valid.shape, d, -1)[t_layout.valid].flatten(0, 1)
+        student_hidden = states.reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
         return chunked_divergence(
-            hidden["student"],
-            hidden["teacher"],
+            student_hidden,
+            teacher_hidden,
             student.lm_head,
             teacher.lm_head,
             "forward_kl",

@@ -1,5 +1,6 @@
-"""TPA by kv-continuation equals a separate forward over (x, y_<k, c) for every response position k
-and candidate c — logits and the gradients of a loss on them — for tiny Qwen2 and Qwen3 students."""
+"""TPA by kv-continuation and by the single-pass ribbon each equal a separate forward over
+(x, y_<k, c) for every response position k and candidate c — logits and the gradients of a loss on
+them — for tiny Qwen2 and Qwen3 students; the trainer's TPA term equals that naive reference."""
 
 import pytest
 import torch
@@ -66,7 +67,7 @@ def naive_logits(model, batch, candidates_per_token, d):
 
 
 @pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3"])
-def test_kv_continuation_equals_separate_forwards(tokenizer, shapes, text_model_type):
+def test_kv_continuation_and_ribbon_equal_separate_forwards(tokenizer, shapes, text_model_type):
     model, processor = make_model(tokenizer, text_model_type=text_model_type, num_layers=2)
     batch = short_batch(model, processor, shapes)
     layout = response_layout(batch["labels"])
@@ -81,12 +82,13 @@ def test_kv_continuation_equals_separate_forwards(tokenizer, shapes, text_model_
         loss.backward()
         return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
-    fast, fast_grads = loss_and_grads(kv_continuation_logits)
     slow, slow_grads = loss_and_grads(naive_logits)
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 0
-    for name in fast_grads:
-        torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    for implementation in (kv_continuation_logits, lambda *a: ribbon_logits(*a)[0]):
+        fast, fast_grads = loss_and_grads(implementation)
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 0
+        for name in fast_grads:
+            torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_layout_skips_prompt_and_padding():
@@ -123,7 +125,9 @@ def naive_tpa(student, teacher, batch, d):
     total, count = 0.0, 0
     for b in range(batch["input_ids"].shape[0]):
         for t in layout.positions[b][layout.valid[b]].tolist():
-            for c in full[b, t - 1].topk(d).indices.tolist():
+            logits = full[b, t - 1].clone()
+            logits[student.config.image_token_id] = float("-inf")  # never proposed
+            for c in logits.topk(d).indices.tolist():
                 ids = torch.cat([batch["input_ids"][b, :t], torch.tensor([c])])[None]
                 pixels = batch["pixel_values"][b : b + 1]
                 s_log = torch.log_softmax(student(input_ids=ids, pixel_values=pixels).logits[0, -1], -1)
@@ -134,7 +138,8 @@ def naive_tpa(student, teacher, batch, d):
     return total / (count * d)
 
 
-def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, teacher_dir):
+@pytest.mark.parametrize("implementation", ["kv", "ribbon"])
+def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, teacher_dir, implementation):
     from distill.train import setup
     from tests.test_trainer import config
 
@@ -143,7 +148,14 @@ def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, te
         tmp_path / "run",
         teacher={"path": str(teacher_dir)},
         data={"max_length": 40},
-        loss={"w_sft": 0.0, "w_tpa": 1.0, "tpa_candidates": 2, "tpa_sampling": "greedy", "kl_chunk_size": 7},
+        loss={
+            "w_sft": 0.0,
+            "w_tpa": 1.0,
+            "tpa_candidates": 2,
+            "tpa_sampling": "greedy",
+            "tpa_impl": implementation,
+            "kl_chunk_size": 7,
+        },
     )
     cfg.data.skip_bad_records = True
     s = setup(cfg)
@@ -154,7 +166,8 @@ def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, te
     torch.testing.assert_close(terms["tpa"], naive_tpa(student, teacher, batch, d=2), atol=1e-5, rtol=1e-4)
 
 
-def test_a_tpa_run_logs_its_term(tmp_path, shapes, teacher_dir):
+@pytest.mark.parametrize("implementation", ["kv", "ribbon"])
+def test_a_tpa_run_logs_its_terms(tmp_path, shapes, teacher_dir, implementation):
     import json
 
     from distill.train import fit, setup
@@ -164,12 +177,12 @@ def test_a_tpa_run_logs_its_term(tmp_path, shapes, teacher_dir):
         shapes,
         tmp_path / "run",
         teacher={"path": str(teacher_dir)},
-        loss={"w_kd": 1.0, "w_tpa": 1.0},
+        loss={"w_kd": 1.0, "w_iva": 1.0, "iva_weights": "uniform", "w_tpa": 1.0, "tpa_impl": implementation},
         train={"max_steps": 2},
     )
     final = fit(setup(cfg))
     logs = [e for e in json.loads((final / "train_summary.json").read_text())["log_history"] if "loss" in e]
-    assert logs and all(e["loss_tpa"] > 0 for e in logs)
+    assert logs and all(e["loss_tpa"] > 0 and e["loss_kd"] > 0 and e["loss_iva"] > 0 for e in logs)
 
 
 def test_tpa_refuses_gradient_checkpointing(tmp_path, shapes):
@@ -184,3 +197,37 @@ def test_tpa_refuses_gradient_checkpointing(tmp_path, shapes):
             loss={"w_tpa": 1.0},
             train={"gradient_checkpointing": True},
         )
+
+
+def ribbon_logits(model, batch, candidates_per_token, d):
+    from distill.tpa import ribbon_inputs
+
+    layout = response_layout(batch["labels"])
+    candidates = slot_candidates(candidates_per_token, layout)
+    ids, positions, mask = ribbon_inputs(batch["input_ids"], batch["attention_mask"], candidates, layout)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=batch["pixel_values"]
+    )
+    length = batch["input_ids"].shape[1]
+    return out.logits[:, length:].reshape(*layout.valid.shape, d, -1)[layout.valid], out.logits[:, :length]
+
+
+@pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3"])
+def test_ribbon_equals_kv_continuation_and_leaves_the_sequence_unchanged(tokenizer, shapes, text_model_type):
+    model, processor = make_model(tokenizer, text_model_type=text_model_type, num_layers=2)
+    batch = short_batch(model, processor, shapes)
+    d, n = 2, int(response_layout(batch["labels"]).valid.sum())
+    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ribbon, main = ribbon_logits(model, batch, candidates, d)
+        kv = kv_continuation_logits(model, batch, candidates, d)
+        plain = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+        ).logits
+        naive = naive_logits(model, batch, candidates, d)
+    torch.testing.assert_close(ribbon, kv, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ribbon, naive, atol=1e-5, rtol=1e-5)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(main[real], plain[real], atol=1e-5, rtol=1e-5)
