@@ -7,6 +7,8 @@
 2. teacher:  SFT of the tiny teacher (configs/tiny-teacher.yaml)           -> runs/tiny/teacher/final
 3. student:  vanilla KD from the teacher (configs/tiny-student-kd.yaml)    -> runs/tiny/student-kd/final
 4. baseline: the same student with SFT alone (configs/tiny-student-sft.yaml) -> runs/tiny/student-sft/final
+   irs:      the teacher's Instruction-Relevance Score per layer -> l* in runs/tiny/teacher/final/irs.json
+             (for Align-TI students: configs/tiny-student-align-ti.yaml)
 5. table:    accuracy per question family on the held-out split, with parameter counts and chance
              (printed, and written to runs/tiny/heldout.md and .json)
 
@@ -27,6 +29,7 @@ import yaml
 
 from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
+from distill.irs import compute_irs, read_best_layer, write_irs
 from distill.launching import accelerate_train_command
 from distill.run_config import RunConfig
 from distill.synth.make import synthesize
@@ -129,12 +132,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def teacher_layer(teacher: Path, val: Path, pairs: int = 300) -> None:
+    """IRS of the teacher's layers, so Align-TI students (configs/tiny-student-align-ti.yaml) find l*."""
+    if read_best_layer(teacher) is not None:
+        print(f"== irs: l* = {read_best_layer(teacher)} already stored with {teacher}", flush=True)
+        return
+    result = compute_irs(teacher, val, n_pairs=pairs, progress=False)
+    write_irs(teacher, result)
+    scores = ", ".join(f"{s:.3f}" for s in result["scores"])
+    print(
+        f"== irs: IRS per teacher layer [{scores}] over {result['pairs']} pairs -> l* = {result['best_layer']}",
+        flush=True,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print(f"== synth: {args.data}", flush=True)
     manifest = synthesize(args.data, seed=args.seed)
     print(f"   {json.dumps(manifest['records'])} records, vocabulary {manifest['vocab_size']}", flush=True)
     finals = run_stages(args)
+    teacher_layer(finals["teacher"], Path(args.data) / "val.json")
     print("== held-out evaluation", flush=True)
     test = Path(args.data) / "test.json"
     results = {name: evaluate_model(path, test, args.per_family) for name, path in finals.items()}

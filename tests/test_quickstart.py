@@ -33,10 +33,12 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
         assert f"| {family} (n=" in table
     results = json.loads((tmp_path / "runs" / "heldout.json").read_text())
     assert results["student-kd"]["llm_parameters"] * 4 <= results["teacher"]["llm_parameters"]
+    irs = json.loads((tmp_path / "runs" / "teacher" / "final" / "irs.json").read_text())
+    assert f"-> l* = {irs['best_layer']}" in out  # the Align-TI config finds the teacher's layer
 
     assert main(args) == 0  # a second run reuses everything
     again = capsys.readouterr().out
-    assert again.count("already trained") == 3
+    assert again.count("already trained") == 3 and "already stored" in again
 
 
 def test_deepspeed_launches_switch_the_tiny_stages_from_muon_to_adamw(capsys):
