@@ -3,6 +3,7 @@ alone, chunked vs naive, at a real vocabulary size.
 
     python -m distill bench                                    # both parts, default sizes
     python -m distill bench --part loss --positions 4096 --vocab 151936
+    python -m distill bench --part steps --methods kd,iva,tpa-kv,tpa-ribbon,align-ti
 
 Part "steps": the tiny teacher/student pair of configs/tiny-*.yaml (random weights: the timing does
 not depend on them) trains for --steps steps through the real training loop, once with SFT and once
@@ -39,6 +40,7 @@ import torch
 
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
+from distill.configuration import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,6 +104,18 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- part "steps" ------------------------------------------------------------------------------------
+_IVA = ["loss.w_iva=1.0", "loss.iva_layer=2"]  # the tiny teacher's layer 2 (random weights: no l* to find)
+_TPA = ["loss.w_tpa=1.0", "loss.tpa_candidates=4"]
+METHODS = {  # overrides of each training objective on top of configs/tiny-student-kd.yaml
+    "sft": ["loss.w_kd=0.0"],
+    "kd": ["loss.w_kd=1.0"],
+    "iva": ["loss.w_kd=1.0", *_IVA],
+    "tpa-kv": ["loss.w_kd=1.0", *_TPA, "loss.tpa_impl=kv"],
+    "tpa-ribbon": ["loss.w_kd=1.0", *_TPA, "loss.tpa_impl=ribbon"],
+    "align-ti": ["loss.w_kd=1.0", *_IVA, *_TPA, "loss.tpa_impl=kv"],
+}
+
+
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from distill.configuration import load_config
     from distill.run_config import RunConfig
@@ -116,10 +130,8 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         f"data.train_json={spec['data']}",
         f"model.vision_init={spec['teacher']}",  # the student shares the teacher's vision tower
     ]
-    if spec["mode"] == "kd":
-        overrides += [f"teacher.path={spec['teacher']}", "loss.w_kd=1.0"]
-    else:
-        overrides += ["teacher.path=null", "loss.w_kd=0.0"]
+    teacher = ["teacher.path=null"] if spec["mode"] == "sft" else [f"teacher.path={spec['teacher']}"]
+    overrides += teacher + METHODS[spec["mode"]]
     cfg = load_config(RunConfig, spec["config"], [*overrides, f"model.tokenizer={spec['tokenizer']}"])
     s = setup(cfg)
     timer = StepTimer(warmup=spec["warmup"])
@@ -208,10 +220,15 @@ def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
         }
         results = {
             mode: in_subprocess("step", {**spec, "mode": mode, "output_dir": str(work / mode)})
-            for mode in ("sft", "kd")
+            for mode in args.methods
         }
-    results["kd_over_sft_time"] = results["kd"]["median_step_s"] / results["sft"]["median_step_s"]
-    results["kd_over_sft_peak_rss"] = results["kd"]["peak_rss_mib"] / results["sft"]["peak_rss_mib"]
+    if "kd" in results:
+        for figures in results.values():
+            figures["time_over_kd"] = figures["median_step_s"] / results["kd"]["median_step_s"]
+            figures["peak_rss_over_kd"] = figures["peak_rss_mib"] / results["kd"]["peak_rss_mib"]
+    if {"kd", "sft"} <= results.keys():
+        results["kd_over_sft_time"] = results["kd"]["median_step_s"] / results["sft"]["median_step_s"]
+        results["kd_over_sft_peak_rss"] = results["kd"]["peak_rss_mib"] / results["sft"]["peak_rss_mib"]
     return results
 
 
@@ -221,17 +238,23 @@ def report(results: dict[str, Any]) -> str:
         r = results["steps"]
         lines += [
             "Training step, tiny student (batch of the tiny-student-kd config), median over steps:",
-            "| mode | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) |",
-            "|---|---|---|---|",
+            "| method | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) | time / KD | peak RSS / KD |",
+            "|---|---|---|---|---|---|",
         ]
-        for mode in ("sft", "kd"):
+        for mode in METHODS:
+            if mode not in r:
+                continue
             m = r[mode]
-            lines.append(
-                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} |"
+            ratios = (
+                f"{m['time_over_kd']:.2f}x | {m['peak_rss_over_kd']:.2f}x" if "time_over_kd" in m else "- | -"
             )
-        lines.append(
-            f"KD / SFT: step time {r['kd_over_sft_time']:.2f}x, peak RSS {r['kd_over_sft_peak_rss']:.2f}x"
-        )
+            lines.append(
+                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} | {ratios} |"
+            )
+        if "kd_over_sft_time" in r:
+            lines.append(
+                f"KD / SFT: step time {r['kd_over_sft_time']:.2f}x, peak RSS {r['kd_over_sft_peak_rss']:.2f}x"
+            )
         lines.append("")
     if "loss" in results:
         r = results["loss"]
@@ -263,6 +286,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", default="data/shapes/train.json", help="training data for the step timing")
     parser.add_argument(
+        "--methods",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        default=["sft", "kd"],
+        help=f"training objectives the steps part times, comma-separated, from {', '.join(METHODS)} "
+        "(default: sft,kd); each is also reported relative to kd when kd is among them",
+    )
+    parser.add_argument(
         "--positions", type=int, default=4096, help="supervised positions in the loss-only test"
     )
     parser.add_argument(
@@ -279,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
     results: dict[str, Any] = {}
     if args.part in ("all", "steps"):
         results["steps"] = bench_steps(args)

@@ -21,3 +21,17 @@ def test_bench_reports_both_parts(tmp_path, shapes, capsys):
     loss = results["loss"]
     assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
     assert not out.with_name(out.name + ".partial").exists()
+
+
+@pytest.mark.slow
+def test_bench_times_each_method_against_kd(tmp_path, shapes, capsys):
+    out = tmp_path / "methods.json"
+    args = ["bench", "--part", "steps", "--steps", "1", "--data", str(shapes / "train.json")]
+    assert main([*args, "--methods", "kd,iva,tpa-kv,tpa-ribbon,align-ti", "--out", str(out)]) == 0
+    steps = json.loads(out.read_text())["steps"]
+    printed = capsys.readouterr().out
+    assert steps["kd"]["time_over_kd"] == 1.0
+    for method in ("iva", "tpa-kv", "tpa-ribbon", "align-ti"):
+        assert steps[method]["time_over_kd"] > 0 and f"| {method} |" in printed
+    assert main([*args, "--methods", "kd,dpo", "--out", str(out)]) == 2  # unknown method: a clear error
+    assert "unknown dpo" in capsys.readouterr().err
