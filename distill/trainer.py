@@ -1,8 +1,10 @@
-"""`DistillTrainer`: a transformers.Trainer whose loss is w_sft * L_sft + w_kd * L_kd + w_iva * L_iva.
+"""`DistillTrainer`: a transformers.Trainer whose loss is w_sft L_sft + w_kd L_kd + w_iva L_iva + w_tpa L_tpa.
 
 L_iva (Align-TI's IVA) is the KL at the visual positions, weighted per sample by the teacher's
 (or the student's) instruction-to-vision attention at one layer, captured during the same forward
-(distill/attention_capture.py), and averaged over the samples that have an image.
+(distill/attention_capture.py), and averaged over the samples that have an image. L_tpa (TPA) is
+the KL after d candidates the student proposes at each response position (distill/tpa.py), by
+kv-continuation or by one ribbon pass per model.
 
 The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the loss
 terms are computed from its final hidden states at the supervised positions by the chunked
@@ -259,8 +261,8 @@ class DistillTrainer(Trainer):
     def loss_terms(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None
     ) -> dict[str, torch.Tensor]:
-        """Each weighted term of the objective: SFT and KD normalised by the supervised-token count,
-        IVA by the number of images."""
+        """Each weighted term of the objective: SFT, KD and TPA (also divided by d) normalised by the
+        supervised-token count, IVA by the number of images."""
         cfg = self.loss_config
         labels = inputs["labels"]
         outputs, student_alpha = self._student_forward(model, inputs)
