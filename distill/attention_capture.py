@@ -105,7 +105,7 @@ AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capturing_sdpa)
 AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
 
 
-def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bool [B, T] -> (positions [B, N], valid [B, N]) with N the largest count in the batch."""
     counts = mask.sum(1)
     width = max(int(counts.max()), 1)
@@ -133,8 +133,8 @@ def capture_instruction_attention(
         raise ValueError(
             f"samples with an image need the same, non-zero number of visual tokens (got {counts.tolist()})"
         )
-    instruction_index, instruction_valid = _padded_positions(instruction.bool())
-    visual_index, visual_valid = _padded_positions(visual.bool())
+    instruction_index, instruction_valid = padded_positions(instruction.bool())
+    visual_index, visual_valid = padded_positions(visual.bool())
     capture = _Capture(set(layers), instruction_index, instruction_valid, visual_index, visual_valid)
     previous = model.config.get_text_config()._attn_implementation
     if previous != CAPTURE_IMPLEMENTATION:

@@ -125,8 +125,12 @@ def stage_config(
     }
 
 
+def process_count(args: argparse.Namespace) -> int:
+    return args.num_processes or max(1, torch.cuda.device_count())
+
+
 def launch(config_file: Path, args: argparse.Namespace) -> None:
-    processes = args.num_processes or max(1, torch.cuda.device_count())
+    processes = process_count(args)
     subprocess.run(
         accelerate_train_command(args.accelerate_config, processes, config_file), check=True, cwd=ROOT
     )
@@ -170,7 +174,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             "student_parameters": parameter_counts(student, tokenizer),
             "teacher_parameters": parameter_counts(teacher_arch, tokenizer),
             "batch_size_per_process": args.scale_batch_size,
-            "processes": args.num_processes or max(1, torch.cuda.device_count()),
+            "processes": process_count(args),
             "accelerate_config": str(args.accelerate_config),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),

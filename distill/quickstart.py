@@ -134,8 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def teacher_layer(teacher: Path, val: Path, pairs: int = 300) -> None:
     """IRS of the teacher's layers, so Align-TI students (configs/tiny-student-align-ti.yaml) find l*."""
-    if read_best_layer(teacher) is not None:
-        print(f"== irs: l* = {read_best_layer(teacher)} already stored with {teacher}", flush=True)
+    stored = read_best_layer(teacher)
+    if stored is not None:
+        print(f"== irs: l* = {stored} already stored with {teacher}", flush=True)
         return
     result = compute_irs(teacher, val, n_pairs=pairs, progress=False)
     write_irs(teacher, result)

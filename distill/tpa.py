@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from distill.attention_capture import padded_positions
+from distill.conversation import IGNORE_INDEX
 
 
 @dataclass
@@ -39,11 +40,13 @@ class ResponseLayout:
 def response_layout(labels: torch.Tensor) -> ResponseLayout:
     supervised = labels != IGNORE_INDEX
     supervised[:, 0] = False  # the first token has no prefix to be predicted from
-    counts = supervised.sum(1)
-    width = max(int(counts.max()), 1)
-    order = torch.argsort((~supervised).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width, device=labels.device)[None, :] < counts[:, None]
-    return ResponseLayout(torch.where(valid, order, torch.zeros_like(order)), valid)
+    return ResponseLayout(*padded_positions(supervised))
+
+
+def candidate_states(states: torch.Tensor, layout: ResponseLayout, d: int) -> torch.Tensor:
+    """Hidden states of the candidate slots [B, M*d, H] -> those of the real ones [N*d, H], in the
+    order of the response tokens (row-major), d per token."""
+    return states.reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from distill.losses import attention_weights, chunked_cross_entropy, chunked_div
 from distill.optim import MuonWithAdamW
 from distill.run_config import LossConfig
 from distill.tpa import (
+    candidate_states,
     continuation_mask,
     continue_from_cache,
     draw_candidates,
@@ -196,7 +197,7 @@ class DistillTrainer(Trainer):
         extra = outputs.past_key_values if use_cache else None
         if ribbon_candidates is not None:
             d = ribbon_candidates.shape[1]
-            extra = hidden[:, length:].reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
+            extra = candidate_states(hidden[:, length:], layout, d)
         return hidden[:, :length], inputs[f"{prefix}labels"], alphas.get(capture_layer), extra
 
     def _student_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
@@ -376,8 +377,8 @@ class DistillTrainer(Trainer):
                     t_layout,
                     t_mask,
                 )
-            teacher_hidden = t_states.view(*t_layout.valid.shape, d, -1)[t_layout.valid].flatten(0, 1)
-        student_hidden = states.reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
+            teacher_hidden = candidate_states(t_states, t_layout, d)
+        student_hidden = candidate_states(states, layout, d)
         return chunked_divergence(
             student_hidden,
             teacher_hidden,
