@@ -8,6 +8,7 @@
     python -m distill heldout --model DIR        # accuracy per question family on the held-out split
     python -m distill bench                      # step time and memory: SFT vs KD, chunked vs naive KL
     python -m distill irs --model DIR            # IRS per teacher layer and the layer IVA uses
+    python -m distill ablate                     # the Align-TI component ablation, 3 seeds each
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args)`.
 """
@@ -28,6 +29,7 @@ COMMANDS = {
     "heldout": ("distill.heldout", "accuracy per question family on the synthetic held-out split"),
     "bench": ("distill.bench", "step time and peak memory of SFT vs KD, chunked vs naive KL"),
     "irs": ("distill.irs", "Instruction-Relevance Score per teacher layer; picks IVA's layer l*"),
+    "ablate": ("distill.ablate", "SFT / KD / KD+IVA / KD+TPA / Align-TI students over seeds, one table"),
 }
 
 

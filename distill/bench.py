@@ -38,6 +38,7 @@ from typing import Any
 import psutil
 import torch
 
+from distill.bench_methods import METHODS
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.configuration import ConfigError
@@ -104,18 +105,6 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- part "steps" ------------------------------------------------------------------------------------
-_IVA = ["loss.w_iva=1.0", "loss.iva_layer=2"]  # the tiny teacher's layer 2 (random weights: no l* to find)
-_TPA = ["loss.w_tpa=1.0", "loss.tpa_candidates=4"]
-METHODS = {  # overrides of each training objective on top of configs/tiny-student-kd.yaml
-    "sft": ["loss.w_kd=0.0"],
-    "kd": ["loss.w_kd=1.0"],
-    "iva": ["loss.w_kd=1.0", *_IVA],
-    "tpa-kv": ["loss.w_kd=1.0", *_TPA, "loss.tpa_impl=kv"],
-    "tpa-ribbon": ["loss.w_kd=1.0", *_TPA, "loss.tpa_impl=ribbon"],
-    "align-ti": ["loss.w_kd=1.0", *_IVA, *_TPA, "loss.tpa_impl=kv"],
-}
-
-
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from distill.configuration import load_config
     from distill.run_config import RunConfig
@@ -288,9 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
-        default=["sft", "kd"],
-        help=f"training objectives the steps part times, comma-separated, from {', '.join(METHODS)} "
-        "(default: sft,kd); each is also reported relative to kd when kd is among them",
+        default=None,
+        help=f"training objectives to time, comma-separated, from {', '.join(METHODS)} (default: sft,kd "
+        "for the steps part, kd for the scale part); each is also reported relative to kd when kd is among them",
     )
     parser.add_argument(
         "--positions", type=int, default=4096, help="supervised positions in the loss-only test"
@@ -309,6 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.methods is None:
+        args.methods = ["kd"] if args.part == "scale" else ["sft", "kd"]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")

@@ -1,8 +1,11 @@
-"""`python -m distill bench --part scale`: vanilla KD at real model sizes for a few steps, through
-`accelerate launch` + DeepSpeed, printing step time, tokens/s and peak CUDA memory.
+"""`python -m distill bench --part scale`: distillation at real model sizes for a few steps, through
+`accelerate launch` + DeepSpeed, printing step time, tokens/s and peak memory of each objective.
 
     python -m distill bench --part scale        # Qwen2-0.5B-shaped student <- Qwen2-1.5B-shaped teacher,
-                                                # 20 steps, DeepSpeed ZeRO-2, bf16 on a GPU
+                                                # SFT + KD, 20 steps, DeepSpeed ZeRO-2, bf16 on a GPU
+    python -m distill bench --part scale --methods kd,tpa-kv,tpa-ribbon,align-ti   # each relative to KD
+    python -m distill bench --part scale --methods kd,align-ti --scale-vision tiny --scale-steps 6 \
+        --scale-batch-size 2 --accelerate-config configs/accelerate/single.yaml   # short sequences on a CPU
     python -m distill bench --part scale --scale-student tiny --scale-teacher tiny \\
         --scale-vision tiny --scale-vocab 0 --scale-steps 3          # a CPU-sized run of the same path
 
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from distill.bench_methods import METHODS, uses_tpa
 from distill.launching import accelerate_train_command
 from distill.run_config import ArchConfig
 
@@ -129,11 +133,20 @@ def process_count(args: argparse.Namespace) -> int:
     return args.num_processes or max(1, torch.cuda.device_count())
 
 
-def launch(config_file: Path, args: argparse.Namespace) -> None:
+def launch(config_file: Path, args: argparse.Namespace, overrides: list[str]) -> None:
     processes = process_count(args)
-    subprocess.run(
-        accelerate_train_command(args.accelerate_config, processes, config_file), check=True, cwd=ROOT
-    )
+    command = accelerate_train_command(args.accelerate_config, processes, config_file, overrides)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def method_overrides(method: str, methods: list[str], out: Path) -> list[str]:
+    checkpointing = not any(uses_tpa(m) for m in methods)
+    return [
+        *METHODS[method],
+        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        f"train.output_dir={out / method}",
+        f"name=scale-{method}",
+    ]
 
 
 def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,14 +170,19 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         config = stage_config(args, student, teacher, tokenizer_dir, data, work / "run")
         config_file = work / "scale.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        launch(config_file, args)
-        summary = json.loads((work / "run" / FINAL_DIR / SUMMARY_NAME).read_text())
-        trace = work / "run" / "profile" / "trace.json"
-        if trace.is_file():
-            kept = Path(args.out).with_name("scale_trace.json")
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(trace, kept)
-            print(f"profile trace kept as {kept}")
+        throughput = {}
+        for method in args.methods:
+            print(f"== {method}", flush=True)
+            launch(config_file, args, method_overrides(method, args.methods, work / "run"))
+            throughput[method] = json.loads((work / "run" / method / FINAL_DIR / SUMMARY_NAME).read_text())[
+                "throughput"
+            ]
+            trace = work / "run" / method / "profile" / "trace.json"
+            if trace.is_file():
+                kept = Path(args.out).with_name(f"scale_trace_{method}.json")
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(trace, kept)
+                print(f"profile trace kept as {kept}")
         return {
             "student": args.scale_student,
             "teacher": args.scale_teacher,
@@ -178,35 +196,51 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             "accelerate_config": str(args.accelerate_config),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            "throughput": summary["throughput"],
+            "gradient_checkpointing": not any(uses_tpa(m) for m in args.methods),
+            "throughput": throughput,
         }
 
 
-def report_scale(r: dict[str, Any]) -> list[str]:
-    t = r["throughput"]
+def peak_memory(t: dict[str, Any]) -> float:
+    """CUDA peak (allocated) on a GPU, else peak RSS, in MiB: the figure methods are compared by."""
+    return t["peak_cuda_allocated_mib"] if t["peak_cuda_allocated_mib"] is not None else t["peak_rss_mib"]
 
+
+def report_scale(r: dict[str, Any]) -> list[str]:
     def count(n: int) -> str:
         return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
     def size(counts: dict[str, int]) -> str:
         return f"{count(counts['total'])} parameters, {count(counts['llm'])} in the LLM"
 
-    memory = (
-        f"{t['peak_cuda_allocated_mib'] / 1024:.2f} | {t['peak_cuda_reserved_mib'] / 1024:.2f}"
-        if t["peak_cuda_allocated_mib"] is not None
-        else "- | -"
-    )
-    return [
-        f"SFT + vanilla KD at real sizes: student {r['student']} ({size(r['student_parameters'])}) <- "
+    lines = [
+        f"Distillation at real sizes: student {r['student']} ({size(r['student_parameters'])}) <- "
         f"teacher {r['teacher']} ({size(r['teacher_parameters'])}); vision {r['vision']} "
         f"({r['visual_tokens']} visual tokens); vocabulary {r['vocab_size']:,}",
         f"{r['accelerate_config']}, {r['processes']} process(es), batch {r['batch_size_per_process']} per process, "
-        f"{'bf16' if r['bf16'] else 'fp32'}, gradient checkpointing, on {r['device']}:",
-        "| steps timed | median step (ms) | tokens/s | tokens/step | peak CUDA allocated (GiB) | peak CUDA reserved (GiB) | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|",
-        f"| {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * t['median_step_s']:.1f} | "
-        f"{t['tokens_per_s']:,.0f} | {t['median_tokens_per_step']:,.0f} | {memory} | {t['peak_rss_mib']:.0f} |",
+        f"{'bf16' if r['bf16'] else 'fp32'}, gradient checkpointing {'on' if r['gradient_checkpointing'] else 'off'}, "
+        f"on {r['device']}:",
+        "| method | steps timed | median step (ms) | tokens/s | tokens/step | peak CUDA allocated (GiB) "
+        "| peak CUDA reserved (GiB) | peak RSS (MiB) | time / KD | peak memory / KD |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    kd = r["throughput"].get("kd")
+    for method, t in r["throughput"].items():
+        memory = (
+            f"{t['peak_cuda_allocated_mib'] / 1024:.2f} | {t['peak_cuda_reserved_mib'] / 1024:.2f}"
+            if t["peak_cuda_allocated_mib"] is not None
+            else "- | -"
+        )
+        ratios = (
+            f"{t['median_step_s'] / kd['median_step_s']:.2f}x | {peak_memory(t) / peak_memory(kd):.2f}x"
+            if kd is not None
+            else "- | -"
+        )
+        lines.append(
+            f"| {method} | {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * t['median_step_s']:.1f} | "
+            f"{t['tokens_per_s']:,.0f} | {t['median_tokens_per_step']:,.0f} | {memory} | {t['peak_rss_mib']:.0f} | {ratios} |"
+        )
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -120,6 +120,30 @@ class LossConfig:
     tpa_temperature: float = 1.0  # applied to the student's distribution before drawing
     # kv: continue each model's KV cache over the candidates; ribbon: one pass over (x, y) + candidates
     tpa_impl: Literal["kv", "ribbon"] = "kv"
+    # GKD (Agarwal et al.): with probability on_policy_ratio a batch's last responses are replaced by the
+    # student's own samples before the losses (pair with divergence=jsd for GKD's generalized JSD)
+    on_policy_ratio: float = 0.0  # GKD's lambda
+    on_policy_temperature: float = 0.9  # sampling temperature of the student's responses (TRL's default)
+    on_policy_max_new_tokens: int = 128  # longest sampled response
+    # LLaVADI: MSE between the student's hidden states, through a learned linear map when the widths
+    # differ, and the teacher's at the same relative depth
+    w_hidden: float = 0.0
+    hidden_layers: list[int] = field(default_factory=lambda: [-1])  # student layers (0: embeddings, -1: last)
+    hidden_tokens: Literal["visual", "response", "both"] = "both"  # which positions are aligned
+    # EM-KD, for students with fewer visual tokens: teacher and student visual tokens are matched
+    # (Hungarian, L1 distance of their LM-head distributions), then
+    w_vsd: float = 0.0  # VSD: reverse KL(P_S || P_T) between the matched visual tokens' distributions
+    w_vlad: float = 0.0  # VLAD: smooth-L1 between text-to-vision affinity (cosine) matrices after matching
+
+    @property
+    def teacher_terms(self) -> dict[str, float]:
+        """The weights of the terms that need a teacher."""
+        names = ("w_kd", "w_iva", "w_tpa", "w_hidden", "w_vsd", "w_vlad")
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def needs_teacher(self) -> bool:
+        return max(self.teacher_terms.values()) > 0
 
     def __post_init__(self) -> None:
         check_range("loss.w_sft", self.w_sft, 0.0)
@@ -133,8 +157,19 @@ class LossConfig:
         check_range("loss.tpa_candidates", self.tpa_candidates, 1)
         check_range("loss.tpa_top_p", self.tpa_top_p, 1e-6, 1.0)
         check_range("loss.tpa_temperature", self.tpa_temperature, 1e-3)
-        if self.w_sft == 0 and self.w_kd == 0 and self.w_iva == 0 and self.w_tpa == 0:
-            raise ConfigError("loss: at least one of w_sft, w_kd, w_iva and w_tpa must be positive")
+        for name in ("w_hidden", "w_vsd", "w_vlad"):
+            check_range(f"loss.{name}", getattr(self, name), 0.0)
+        check_range("loss.on_policy_ratio", self.on_policy_ratio, 0.0, 1.0)
+        check_range("loss.on_policy_temperature", self.on_policy_temperature, 1e-3)
+        check_range("loss.on_policy_max_new_tokens", self.on_policy_max_new_tokens, 1)
+        if self.w_sft == 0 and not self.needs_teacher:
+            raise ConfigError(
+                "loss: at least one of w_sft, " + ", ".join(self.teacher_terms) + " must be positive"
+            )
+        if self.on_policy_ratio > 0 and not self.needs_teacher:
+            raise ConfigError(
+                "loss.on_policy_ratio > 0 samples responses for the teacher to grade: set loss.w_kd"
+            )
 
 
 LrScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay"]
@@ -221,10 +256,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.loss.w_kd > 0 and self.teacher.path is None:
-            raise ConfigError("loss.w_kd > 0 needs a teacher: set teacher.path")
-        for term in ("w_iva", "w_tpa"):
-            if getattr(self.loss, term) > 0 and self.teacher.path is None:
+        for term, weight in self.loss.teacher_terms.items():
+            if weight > 0 and self.teacher.path is None:
                 raise ConfigError(f"loss.{term} > 0 needs a teacher: set teacher.path")
         if self.loss.w_tpa > 0 and self.train.gradient_checkpointing:
             raise ConfigError(

@@ -146,3 +146,23 @@ def ribbon_inputs(
         dim=1,
     )
     return torch.cat([input_ids, candidates], dim=1), positions, mask
+
+
+def as_block_mask(mask: torch.Tensor) -> Any:
+    """The ribbon's dense bool mask [B, 1, Q, K] as a FlexAttention BlockMask, for models running
+    `attn_implementation="flex_attention"` (GPUs): the kernel then skips the blocks nobody attends
+    to (most candidate-to-candidate blocks) instead of computing and masking them."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, _, queries, keys = mask.shape
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return mask[b, 0, q, kv]
+
+    return create_block_mask(mask_mod, batch, None, queries, keys, device=mask.device)
+
+
+def ribbon_attention(model: Any, mask: torch.Tensor) -> Any:
+    """The mask in the form the model's attention takes: a BlockMask under FlexAttention, else dense."""
+    implementation = model.config.get_text_config()._attn_implementation
+    return as_block_mask(mask) if implementation == "flex_attention" else mask

@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from distill.configuration import ConfigError, load_config, read_yaml, save_config, to_dict
 from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.hidden_alignment import layer_pairs
 from distill.irs import read_best_layer
 from distill.modeling import (
     DTYPES,
@@ -104,14 +105,35 @@ def resolve_iva_layers(cfg: RunConfig, student_config: Any, teacher_config: Any,
             )
 
 
+def check_term_shapes(cfg: RunConfig, student_config: Any, teacher_config: Any, pair: PairReport) -> None:
+    """Refuse, before any weights are read, the comparison terms this pair cannot compute."""
+    loss = cfg.loss
+    if loss.w_hidden > 0:
+        try:
+            layer_pairs(
+                loss.hidden_layers,
+                student_config.get_text_config().num_hidden_layers,
+                teacher_config.get_text_config().num_hidden_layers,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if loss.hidden_tokens != "response" and not pair.same_visual_tokens:
+            raise PairError(
+                f"loss.hidden_tokens={loss.hidden_tokens} aligns the visual tokens one to one, which needs equal "
+                f"counts (student {pair.student_visual_tokens}, teacher {pair.teacher_visual_tokens}); "
+                "use loss.hidden_tokens=response, or EM-KD's matched terms (loss.w_vsd, loss.w_vlad)"
+            )
+
+
 def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[Any, Any, PairReport] | None:
     """Check the pair from configs and tokenizers first, then load the teacher's weights."""
-    if max(cfg.loss.w_kd, cfg.loss.w_iva, cfg.loss.w_tpa) == 0 or cfg.teacher.path is None:
+    if not cfg.loss.needs_teacher or cfg.teacher.path is None:
         return None
     teacher_config = check_llava_dir(cfg.teacher.path)
     teacher_processor = load_processor(cfg.teacher.path)
     report = check_pair(student.config, student_processor, teacher_config, teacher_processor)
     resolve_iva_layers(cfg, student.config, teacher_config, report)
+    check_term_shapes(cfg, student.config, teacher_config, report)
     teacher = LlavaForConditionalGeneration.from_pretrained(
         cfg.teacher.path, dtype=DTYPES[cfg.teacher.dtype], local_files_only=True
     )

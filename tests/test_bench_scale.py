@@ -27,10 +27,14 @@ def test_scale_part_trains_through_deepspeed_and_reports(tmp_path, shapes, capsy
     args = ["bench", "--part", "scale", "--data", str(shapes / "train.json"), "--out", str(out)]
     args += ["--scale-student", "tiny", "--scale-teacher", "tiny", "--scale-vision", "tiny"]
     args += ["--scale-vocab", "1000", "--scale-steps", "4", "--scale-batch-size", "2", "--num-processes", "1"]
+    args += ["--methods", "kd,tpa-kv"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "SFT + vanilla KD at real sizes" in printed and "zero2.yaml" in printed
+    assert "Distillation at real sizes" in printed and "zero2.yaml" in printed
+    assert "gradient checkpointing off" in printed  # TPA keeps the KV cache, so no method checkpoints
+    assert "| kd | 1 of 4 |" in printed and "| 1.00x | 1.00x |" in printed
     scale = json.loads(out.read_text())["scale"]
     assert scale["vocab_size"] == 1000 and scale["visual_tokens"] == 16
-    assert scale["throughput"]["steps"] == 4 and scale["throughput"]["tokens_per_s"] > 0
+    for method in ("kd", "tpa-kv"):
+        assert scale["throughput"][method]["steps"] == 4 and scale["throughput"][method]["tokens_per_s"] > 0
     assert scale["teacher_parameters"]["llm"] == scale["student_parameters"]["llm"]  # same tiny shape

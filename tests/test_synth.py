@@ -7,6 +7,7 @@ import io
 import json
 from collections import Counter
 
+import pytest
 from PIL import Image
 
 from distill.synth.make import synthesize
@@ -38,6 +39,15 @@ def test_an_existing_dataset_is_kept_or_refused(tmp_path):
         assert "--force" in str(error)
     else:
         raise AssertionError("a dataset made with other settings was silently reused")
+
+
+def test_a_dataset_from_another_generator_version_is_refused(tmp_path, monkeypatch):
+    from distill.synth import make
+
+    synthesize(tmp_path / "d", n_train=8, n_val=2, n_test=10, per_family=2)
+    monkeypatch.setattr(make, "generator_fingerprint", lambda: "0123456789abcdef")  # an edited generator
+    with pytest.raises(FileExistsError, match="another version of the generator .generator differ.*--force"):
+        synthesize(tmp_path / "d", n_train=8, n_val=2, n_test=10, per_family=2)
 
 
 def test_training_records_are_llava_format(shapes):

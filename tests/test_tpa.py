@@ -231,3 +231,25 @@ def test_ribbon_equals_kv_continuation_and_leaves_the_sequence_unchanged(tokeniz
     torch.testing.assert_close(ribbon, naive, atol=1e-5, rtol=1e-5)
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(main[real], plain[real], atol=1e-5, rtol=1e-5)
+
+
+def test_the_ribbon_under_flex_attention_equals_the_dense_mask(tokenizer, shapes):
+    """On GPUs the ribbon's mask goes to FlexAttention as a BlockMask; same logits as the dense mask."""
+    from distill.tpa import ribbon_attention, ribbon_inputs
+
+    model, processor = make_model(tokenizer, num_layers=2)
+    batch = short_batch(model, processor, shapes)
+    layout = response_layout(batch["labels"])
+    d, n = 2, int(layout.valid.sum())
+    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(2))
+    ids, positions, mask = ribbon_inputs(
+        batch["input_ids"], batch["attention_mask"], slot_candidates(candidates, layout), layout
+    )
+    inputs = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
+    with torch.no_grad():
+        dense = model(**inputs, attention_mask=ribbon_attention(model, mask)).logits
+        model.set_attn_implementation({"text_config": "flex_attention"})
+        block_mask = ribbon_attention(model, mask)
+        assert type(block_mask).__name__ == "BlockMask"
+        flex = model(**inputs, attention_mask=block_mask).logits
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)

@@ -17,6 +17,7 @@ The same seed and sizes give byte-identical files.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
@@ -38,6 +39,15 @@ from distill.synth.world import render, sample_scene
 from distill.tokenizer import train_tokenizer
 
 FORMAT_VERSION = 1
+GENERATOR_SOURCES = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parents[1] / "tokenizer.py"]
+
+
+def generator_fingerprint() -> str:
+    """A hash of the generator's own source: data written by another version of it is not reused."""
+    digest = hashlib.sha256()
+    for path in GENERATOR_SOURCES:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _render_split(scenes, folder: Path, name: str) -> list[str]:
@@ -89,6 +99,7 @@ def _build(
     tokenizer.save_pretrained(out / "tokenizer")
     manifest = {
         "format_version": FORMAT_VERSION,
+        "generator": generator_fingerprint(),
         "seed": seed,
         "images": {name: len(s) for name, s in scenes.items()},
         "records": {name: len(r) for name, r in splits.items()},
@@ -114,6 +125,7 @@ def synthesize(
     out = Path(out)
     wanted = {
         "format_version": FORMAT_VERSION,
+        "generator": generator_fingerprint(),
         "seed": seed,
         "images": {"train": n_train, "val": n_val, "test": n_test},
         "heldout_per_family": per_family,
@@ -122,9 +134,15 @@ def synthesize(
     if out.exists() and not force:
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
-            if all(manifest.get(k) == v for k, v in wanted.items()):
+            differing = [k for k, v in wanted.items() if manifest.get(k) != v]
+            if not differing:
                 return manifest
-        raise FileExistsError(f"{out} exists and was made with other settings; pass --force to replace it")
+            what = "another version of the generator" if differing == ["generator"] else "other settings"
+            raise FileExistsError(
+                f"{out} exists and was made by {what} ({', '.join(differing)} differ); replace it with "
+                f"`python -m distill synth --out {out} --force` (and retrain what was trained on it)"
+            )
+        raise FileExistsError(f"{out} exists without a manifest.json; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
