@@ -27,7 +27,7 @@ COMMANDS = {
     "build-student": ("distill.build_student", "assemble a student from a vision encoder and an LLM"),
     "check": ("distill.check", "validate a teacher/student pair and a dataset without training"),
     "heldout": ("distill.heldout", "accuracy per question family on the synthetic held-out split"),
-    "bench": ("distill.bench", "step time and peak memory of SFT vs KD, chunked vs naive KL"),
+    "bench": ("distill.bench", "step time and peak memory of the objectives, chunked vs naive KL"),
     "irs": ("distill.irs", "Instruction-Relevance Score per teacher layer; picks IVA's layer l*"),
     "ablate": ("distill.ablate", "SFT / KD / KD+IVA / KD+TPA / Align-TI students over seeds, one table"),
 }
@@ -36,7 +36,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
-        description="Distil a small LLaVA-style model from a large teacher (SFT, vanilla KD; Align-TI to come).",
+        description="Distil a small LLaVA-style model from a large teacher (SFT, vanilla KD, Align-TI, GKD, LLaVADI, EM-KD).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
