@@ -13,6 +13,7 @@ a different number of visual tokens), its sequences get the same new tokens afte
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -106,20 +107,32 @@ def sample_responses(
     """The student's sampled continuation of each prompt (pure sampling at `temperature`; the image
     token is never sampled, as it would ask for an image feature that is not there)."""
     prompt, attention = left_padded_prompts(batch["input_ids"], batch["attention_mask"], starts, pad_token_id)
-    generated = student.generate(
-        input_ids=prompt,
-        attention_mask=attention,
-        pixel_values=batch.get("pixel_values"),
-        do_sample=True,
-        temperature=temperature,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_token_ids,
-        pad_token_id=pad_token_id,
-        suppress_tokens=[student.config.image_token_id],
-    )
+    with evaluation_mode(student):  # keeps the KV cache, which gradient checkpointing turns off in training
+        generated = student.generate(
+            input_ids=prompt,
+            attention_mask=attention,
+            pixel_values=batch.get("pixel_values"),
+            do_sample=True,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_ids,
+            pad_token_id=pad_token_id,
+            suppress_tokens=[student.config.image_token_id],
+        )
     return completions(generated[:, prompt.shape[1] :], eos_token_ids)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: Any) -> Iterator[None]:
+    """The model in eval mode (no dropout, KV cache on) for the duration, then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def gathered_for_generation(model: Any) -> Any:

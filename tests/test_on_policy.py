@@ -114,3 +114,15 @@ def test_a_gkd_run_grades_the_students_own_answers(tmp_path, shapes, teacher_dir
     final = fit(setup(cfg))
     logs = [e for e in json.loads((final / "train_summary.json").read_text())["log_history"] if "loss" in e]
     assert len(logs) == 2 and all(e["on_policy_share"] == 1.0 and e["loss_kd"] > 0 for e in logs)
+
+
+def test_sampling_runs_in_eval_mode_and_restores_training(tmp_path, shapes, teacher_dir):
+    """Gradient checkpointing turns the KV cache off in training mode; sampling must not pay for that."""
+    s, batch = _batch(shapes, tmp_path, teacher_dir, n=2)
+    student = s.trainer.model.train()
+    modes = []
+    student.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    on_policy_batch(
+        student, batch, s.processor.tokenizer.pad_token_id, [student.generation_config.eos_token_id]
+    )
+    assert modes and not any(modes) and student.training
