@@ -1,0 +1,67 @@
+"""`python -m eval score --bench NAME --answers FILE ...`: an answer file scored the official way.
+
+    python -m eval score --bench pope --answers pope.jsonl --questions llava_pope_test.jsonl --annotations pope/coco
+    python -m eval score --bench gqa --answers gqa.jsonl --questions testdev_balanced_questions.json
+    python -m eval score --bench sqa --answers sqa.jsonl --problems problems.json --pid-splits pid_splits.json
+
+Prints the official script's report and writes it as JSON beside the answers
+(ANSWERS_STEM.BENCH-score.json). Answer files are LLaVA-format lines
+({question_id, prompt, text, answer_id, model_id, metadata}). TextVQA, MME and MMBench are to come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from eval import gqa, pope, sqa
+from eval.records import ScoreError
+
+BENCHES = ("pope", "gqa", "sqa")
+NEEDS = {"pope": ("questions", "annotations"), "gqa": ("questions",), "sqa": ("problems", "pid_splits")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", required=True, choices=BENCHES, help="which official scorer to follow")
+    parser.add_argument("--answers", required=True, type=Path, help="answer lines (JSONL) to score")
+    parser.add_argument(
+        "--questions", type=Path, help="pope: llava_pope_test.jsonl; gqa: testdev_balanced_questions.json"
+    )
+    parser.add_argument(
+        "--annotations", type=Path, help="pope: the folder of coco_pope_<split>.json label files"
+    )
+    parser.add_argument("--problems", type=Path, help="sqa: problems.json")
+    parser.add_argument("--pid-splits", type=Path, help="sqa: pid_splits.json")
+    parser.add_argument("--split", default="test", help="sqa: the split to score (default: %(default)s)")
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="gqa: leave out unanswered questions (Align-TI's eval_gqa_1.py)",
+    )
+
+
+def score(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    missing = [f"--{name.replace('_', '-')}" for name in NEEDS[args.bench] if getattr(args, name) is None]
+    if missing:
+        raise ScoreError(f"--bench {args.bench} needs {' and '.join(missing)}")
+    if args.bench == "pope":
+        result = pope.run(args.answers, args.questions, args.annotations)
+        return result, pope.report(result)
+    if args.bench == "gqa":
+        result = gqa.run(args.answers, args.questions, args.skip_missing)
+        return result, gqa.report(result)
+    result = sqa.run(args.answers, args.problems, args.pid_splits, args.split)
+    return result, sqa.report(result)
+
+
+def run(args: argparse.Namespace) -> int:
+    result, text = score(args)
+    print(text)
+    out = args.answers.with_name(f"{args.answers.stem}.{args.bench}-score.json")
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps({"bench": args.bench, "answers": str(args.answers), **result}, indent=1))
+    partial.replace(out)
+    print(f"scores written to {out}")
+    return 0
