@@ -153,3 +153,15 @@ def test_the_synthetic_world_benchmark_files_score(shapes, tmp_path):
     gqa_questions = json.loads((bench / "gqa" / "testdev_balanced_questions.json").read_text())
     gqa_answers = [{"question_id": k, "text": v["answer"] + "."} for k, v in gqa_questions.items()]
     assert gqa.score(gqa_answers, gqa_questions)["accuracy"] == 100.0
+    science = bench / "scienceqa"
+    records = json.loads((science / "llava_test_CQM-A.json").read_text())
+    sqa_answers = [
+        {
+            "question_id": r["id"],
+            "text": r["conversations"][1]["value"],
+            "prompt": r["conversations"][0]["value"],
+        }
+        for r in records
+    ]
+    problems, splits = (json.loads((science / n).read_text()) for n in ("problems.json", "pid_splits.json"))
+    assert sqa.score(sqa_answers, problems, splits)["img_accuracy"] == 100.0
