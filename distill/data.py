@@ -233,7 +233,8 @@ class PaddingCollator:
     def _pad(self, rows: list[torch.Tensor], value: int) -> torch.Tensor:
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
 
-    def _side(self, items: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, torch.Tensor | None]:
+    def pad_side(self, items: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, torch.Tensor | None]:
+        """One side's (student's, or `teacher_*`) items right-padded into a batch, with its attention mask."""
         ids = [item[f"{prefix}input_ids"] for item in items]
         batch: dict[str, torch.Tensor | None] = {
             f"{prefix}input_ids": self._pad(ids, self.pad_token_id),
@@ -249,7 +250,7 @@ class PaddingCollator:
         return batch
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = self._side(items, "")
+        batch = self.pad_side(items, "")
         if "teacher_input_ids" in items[0]:
-            batch.update(self._side(items, "teacher_"))
+            batch.update(self.pad_side(items, "teacher_"))
         return batch  # type: ignore[return-value]

@@ -198,11 +198,9 @@ class ObjectiveMixin:
             terms["kd"] = normalized_sum(per_position, n_items)
         if cfg.w_iva > 0:
             alpha = teacher.alpha if cfg.iva_weights == "teacher" else student_alpha
-            terms["iva"] = self._iva_term(model, inputs, final_states, teacher.states, alpha)
+            terms["iva"] = self._iva_term(model, inputs, final_states, teacher, alpha)
         if cfg.w_tpa > 0:
-            per_candidate = self._tpa_divergences(
-                model, inputs, candidates, outputs.past_key_values, teacher.tpa
-            )
+            per_candidate = self._tpa_divergences(model, inputs, candidates, outputs.past_key_values, teacher)
             terms["tpa"] = normalized_sum(per_candidate, n_items) / cfg.tpa_candidates
         if cfg.w_hidden > 0:
             terms["hidden"] = self._hidden_term(model, inputs, outputs.hidden_states, teacher)
@@ -216,21 +214,20 @@ class ObjectiveMixin:
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
         student_states: torch.Tensor,
-        teacher_states: torch.Tensor,
+        teacher: TeacherPass,
         alpha: torch.Tensor | None,
     ) -> torch.Tensor:
         """sum_k w_k KL(P_T || P_S) at the visual positions, averaged over the samples with an image."""
-        prefix = "teacher_" if "teacher_input_ids" in inputs else ""
         image_id = self._unwrapped(model).config.image_token_id
         student_visual = inputs["input_ids"] == image_id
-        teacher_visual = inputs[f"{prefix}input_ids"] == image_id
+        teacher_visual = teacher.ids == image_id
         has_image = student_visual.any(1)
         n_images = int(has_image.sum())
         if n_images == 0:
             return student_states.sum() * 0.0  # keeps the graph whole when a batch holds no image
         per_position = chunked_divergence(
             student_states[student_visual],
-            teacher_states[teacher_visual],
+            teacher.states[teacher_visual],
             self._unwrapped(model).lm_head,
             self._unwrapped(self.teacher).lm_head,
             "forward_kl",
@@ -272,7 +269,7 @@ class ObjectiveMixin:
         inputs: dict[str, torch.Tensor],
         candidates: torch.Tensor,
         student_cache: Any,
-        teacher_tpa: Any,
+        teacher_pass: TeacherPass,
     ) -> torch.Tensor:
         """KL(P_T || P_S) after each candidate [N * d]: by kv-continuation of both models' first-pass
         caches, or (tpa_impl=ribbon) from one ribbon pass of each model (distill/tpa.py)."""
@@ -290,21 +287,20 @@ class ObjectiveMixin:
                 position_ids=positions,
                 pixel_values=inputs.get("pixel_values"),
             ).last_hidden_state[:, inputs["input_ids"].shape[1] :]
-            teacher_hidden = teacher_tpa
+            teacher_hidden = teacher_pass.tpa  # the candidates' states from its ribbon pass
         else:
             mask = continuation_mask(layout, inputs["attention_mask"], d)
             embed = student.get_input_embeddings()
             states = continue_from_cache(
                 student.model.language_model, embed, student_cache, slots, layout, mask
             )
-            prefix = "teacher_" if "teacher_input_ids" in inputs else ""
-            t_layout = response_layout(inputs[f"{prefix}labels"])
-            t_mask = continuation_mask(t_layout, inputs[f"{prefix}attention_mask"], d)
+            t_layout = response_layout(teacher_pass.labels)
+            t_mask = continuation_mask(t_layout, teacher_pass.attention, d)
             with torch.no_grad():
                 t_states = continue_from_cache(
                     teacher.model.language_model,
                     teacher.get_input_embeddings(),
-                    teacher_tpa,
+                    teacher_pass.tpa,
                     slot_candidates(candidates, t_layout),
                     t_layout,
                     t_mask,

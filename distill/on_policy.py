@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from distill.conversation import IGNORE_INDEX
+from distill.data import PaddingCollator
 
 
 def last_response_start(labels: torch.Tensor) -> torch.Tensor:
@@ -69,26 +70,19 @@ def splice(
     earlier turns' own)."""
     ids, labels = batch[f"{prefix}input_ids"], batch[f"{prefix}labels"]
     instruction = batch[f"{prefix}instruction_mask"]
-    rows = []
+    items = []
     for row, (start, response) in enumerate(zip(starts.tolist(), responses)):
         response = response.to(ids.device)
-        rows.append(
-            (
-                torch.cat([ids[row, :start], response]),
-                torch.cat([labels[row, :start], response]),
-                torch.cat([instruction[row, :start], instruction.new_zeros(len(response))]),
-            )
+        items.append(
+            {
+                f"{prefix}input_ids": torch.cat([ids[row, :start], response]),
+                f"{prefix}labels": torch.cat([labels[row, :start], response]),
+                f"{prefix}instruction_mask": torch.cat(
+                    [instruction[row, :start], instruction.new_zeros(len(response))]
+                ),
+            }
         )
-
-    def pad(tensors: list[torch.Tensor], value: Any) -> torch.Tensor:
-        return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
-
-    out = {
-        f"{prefix}input_ids": pad([r[0] for r in rows], pad_token_id),
-        f"{prefix}labels": pad([r[1] for r in rows], IGNORE_INDEX),
-        f"{prefix}instruction_mask": pad([r[2] for r in rows], False),
-        f"{prefix}attention_mask": pad([torch.ones_like(r[0]) for r in rows], 0),
-    }
+    out = PaddingCollator(pad_token_id).pad_side(items, prefix)
     if f"{prefix}pixel_values" in batch:
         out[f"{prefix}pixel_values"] = batch[f"{prefix}pixel_values"]
     return out

@@ -12,7 +12,6 @@ is "yes". The reported POPE figure is the mean F1 over the splits.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def score(
     for path in label_files:
         split = path.name[len(LABEL_PREFIX) : -len(LABEL_SUFFIX)]
         predictions = [parse_answer(a["text"]) for a in answers if category[a["question_id"]] == split]
-        labels = [json.loads(line)["label"] for line in path.read_text().splitlines() if line.strip()]
+        labels = [row["label"] for row in read_jsonl(path, ("label",))]
         splits[split] = split_metrics(predictions, labels, split)
     return {"splits": splits, "pope_f1": 100 * sum(s["f1"] for s in splits.values()) / len(splits)}
 
