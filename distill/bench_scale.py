@@ -139,13 +139,24 @@ def launch(config_file: Path, args: argparse.Namespace, overrides: list[str]) ->
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def method_overrides(method: str, methods: list[str], out: Path) -> list[str]:
-    checkpointing = not any(uses_tpa(m) for m in methods)
+def gradient_checkpointing(args: argparse.Namespace) -> bool:
+    """On unless a TPA method is timed (then off for every method, so all run alike) or --scale-set says."""
+    chosen = not any(uses_tpa(m) for m in args.methods)
+    for override in args.scale_set:
+        key, _, value = override.partition("=")
+        if key == "train.gradient_checkpointing":
+            chosen = value.strip().lower() in ("true", "1", "yes", "on")
+    return chosen
+
+
+def method_overrides(method: str, args: argparse.Namespace, out: Path) -> list[str]:
+    """The method's own terms, then the shared settings, then the user's --scale-set (which win)."""
     return [
         *METHODS[method],
-        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        f"train.gradient_checkpointing={str(gradient_checkpointing(args)).lower()}",
         f"train.output_dir={out / method}",
         f"name=scale-{method}",
+        *args.scale_set,
     ]
 
 
@@ -173,7 +184,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         throughput = {}
         for method in args.methods:
             print(f"== {method}", flush=True)
-            launch(config_file, args, method_overrides(method, args.methods, work / "run"))
+            launch(config_file, args, method_overrides(method, args, work / "run"))
             throughput[method] = json.loads((work / "run" / method / FINAL_DIR / SUMMARY_NAME).read_text())[
                 "throughput"
             ]
@@ -196,7 +207,8 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
             "accelerate_config": str(args.accelerate_config),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            "gradient_checkpointing": not any(uses_tpa(m) for m in args.methods),
+            "gradient_checkpointing": gradient_checkpointing(args),
+            "overrides": list(args.scale_set),
             "throughput": throughput,
         }
 
@@ -219,7 +231,7 @@ def report_scale(r: dict[str, Any]) -> list[str]:
         f"({r['visual_tokens']} visual tokens); vocabulary {r['vocab_size']:,}",
         f"{r['accelerate_config']}, {r['processes']} process(es), batch {r['batch_size_per_process']} per process, "
         f"{'bf16' if r['bf16'] else 'fp32'}, gradient checkpointing {'on' if r['gradient_checkpointing'] else 'off'}, "
-        f"on {r['device']}:",
+        f"on {r['device']}" + (f", with {' '.join(r['overrides'])}:" if r.get("overrides") else ":"),
         "| method | steps timed | median step (ms) | tokens/s | tokens/step | peak CUDA allocated (GiB) "
         "| peak CUDA reserved (GiB) | peak RSS (MiB) | time / KD | peak memory / KD |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -263,6 +275,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale-steps", type=int, default=20, help="training steps (the first 3 are warm-up)")
     group.add_argument("--scale-batch-size", type=int, default=8, help="samples per process per step")
     group.add_argument("--scale-max-length", type=int, default=1024, help="longest tokenized sample")
+    group.add_argument(
+        "--scale-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted config override for every timed stage, applied last (repeatable), "
+        "e.g. train.cudnn_attention=true or model.attn_implementation=flex_attention",
+    )
     group.add_argument(
         "--scale-profile-steps",
         type=int,

@@ -196,6 +196,11 @@ def setup(cfg: RunConfig) -> Setup:
     set_seed(cfg.train.seed)
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
+    if cfg.model.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.attn_implementation: flex_attention trains on GPUs only (PyTorch's FlexAttention has no "
+            "backward pass on CPU); use sdpa here"
+        )
     if torch.cuda.is_available() and not cfg.train.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)  # flash / memory-efficient kernels instead
     model, processor = build_model(cfg.model)

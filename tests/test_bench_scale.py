@@ -2,12 +2,14 @@
 built from its shape, accelerate + DeepSpeed ZeRO-2) end to end, here at tiny shapes on the CPU.
 The figures are measurements printed by the command; the test checks that they are reported."""
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from distill.__main__ import main
-from distill.bench_scale import LLM_SHAPES, VISION_SHAPES, arch_of
+from distill.bench_scale import LLM_SHAPES, VISION_SHAPES, arch_of, gradient_checkpointing, method_overrides
 
 pytest.importorskip("deepspeed")
 
@@ -27,9 +29,10 @@ def test_scale_part_trains_through_deepspeed_and_reports(tmp_path, shapes, capsy
     args = ["bench", "--part", "scale", "--data", str(shapes / "train.json"), "--out", str(out)]
     args += ["--scale-student", "tiny", "--scale-teacher", "tiny", "--scale-vision", "tiny"]
     args += ["--scale-vocab", "1000", "--scale-steps", "4", "--scale-batch-size", "2", "--num-processes", "1"]
-    args += ["--methods", "kd,tpa-kv"]
+    args += ["--methods", "kd,tpa-kv", "--scale-set", "train.cudnn_attention=true"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    assert "with train.cudnn_attention=true:" in printed
     assert "Distillation at real sizes" in printed and "zero2.yaml" in printed
     assert "gradient checkpointing off" in printed  # TPA keeps the KV cache, so no method checkpoints
     assert "| kd | 1 of 4 |" in printed and "| 1.00x | 1.00x |" in printed
@@ -38,3 +41,16 @@ def test_scale_part_trains_through_deepspeed_and_reports(tmp_path, shapes, capsy
     for method in ("kd", "tpa-kv"):
         assert scale["throughput"][method]["steps"] == 4 and scale["throughput"][method]["tokens_per_s"] > 0
     assert scale["teacher_parameters"]["llm"] == scale["student_parameters"]["llm"]  # same tiny shape
+
+
+def test_scale_set_overrides_come_last_and_decide_checkpointing():
+    args = argparse.Namespace(methods=["kd", "tpa-kv"], scale_set=[])
+    assert not gradient_checkpointing(args)  # TPA keeps the KV cache
+    args.scale_set = ["train.gradient_checkpointing=true", "train.cudnn_attention=true"]
+    assert gradient_checkpointing(args)
+    overrides = method_overrides("kd", args, Path("/runs"))
+    assert overrides[-2:] == args.scale_set  # the user's settings win over the bench's
+    assert "train.gradient_checkpointing=true" in overrides and "train.output_dir=/runs/kd" in overrides
+    assert not gradient_checkpointing(
+        argparse.Namespace(methods=["kd"], scale_set=["train.gradient_checkpointing=off"])
+    )

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from distill.configuration import from_dict
+from distill.configuration import ConfigError, from_dict
 from distill.data import LlavaDataset, ModelView, PaddingCollator
 from distill.modeling import image_token_count, load_llava
 from distill.run_config import RunConfig
@@ -188,3 +188,10 @@ def test_profiled_steps_print_a_table_write_a_trace_and_stay_out_of_the_timing(t
     assert (tmp_path / "run" / "profile" / "trace.json").stat().st_size > 0
     throughput = json.loads((final / "train_summary.json").read_text())["throughput"]
     assert throughput["steps"] == 6 and throughput["warmup_steps_excluded"] == 5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FlexAttention trains on GPUs")
+def test_flex_attention_on_cpu_is_refused_before_anything_is_built(tmp_path, shapes):
+    cfg = config(shapes, tmp_path / "run", model={"attn_implementation": "flex_attention"})
+    with pytest.raises(ConfigError, match="flex_attention trains on GPUs only"):
+        setup(cfg)
