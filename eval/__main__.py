@@ -1,5 +1,6 @@
-"""`python -m eval`: benchmark scoring (runner, suite and analyses to come).
+"""`python -m eval`: answer benchmark questions with a model and score them like the official scorers.
 
+python -m eval run --model DIR --bench pope --questions llava_pope_test.jsonl --images DIR --out answers.jsonl
 python -m eval score --bench pope --answers answers.jsonl --questions ... --annotations ...
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval import score
+from eval import run, score
 from eval.records import ScoreError
 
 
@@ -17,6 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eval", description="Score a model's answers the way the official scorers do."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = sub.add_parser(
+        "run",
+        help="answer a benchmark's questions with a model (LLaVA-format answer lines)",
+        description=(run.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_arguments(command)
+    command.set_defaults(handler=run.run)
     command = sub.add_parser(
         "score",
         help="score an answer file (POPE, GQA, ScienceQA-IMG)",

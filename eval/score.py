@@ -3,10 +3,12 @@
     python -m eval score --bench pope --answers pope.jsonl --questions llava_pope_test.jsonl --annotations pope/coco
     python -m eval score --bench gqa --answers gqa.jsonl --questions testdev_balanced_questions.json
     python -m eval score --bench sqa --answers sqa.jsonl --problems problems.json --pid-splits pid_splits.json
+    python -m eval score --bench textvqa --answers textvqa.jsonl --annotations TextVQA_0.5.1_val.json
+    python -m eval score --bench mmbench --answers mmbench.jsonl --questions mmbench_dev_20230712.tsv
 
 Prints the official script's report and writes it as JSON beside the answers
 (ANSWERS_STEM.BENCH-score.json). Answer files are LLaVA-format lines
-({question_id, prompt, text, answer_id, model_id, metadata}). TextVQA, MME and MMBench are to come.
+({question_id, prompt, text, answer_id, model_id, metadata}), as `python -m eval run` writes them.
 """
 
 from __future__ import annotations
@@ -16,21 +18,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval import gqa, pope, sqa
+from eval import gqa, mmbench, pope, sqa, textvqa
 from eval.records import ScoreError
 
-BENCHES = ("pope", "gqa", "sqa")
-NEEDS = {"pope": ("questions", "annotations"), "gqa": ("questions",), "sqa": ("problems", "pid_splits")}
+BENCHES = ("gqa", "sqa", "textvqa", "pope", "mmbench")
+NEEDS = {
+    "pope": ("questions", "annotations"),
+    "gqa": ("questions",),
+    "sqa": ("problems", "pid_splits"),
+    "textvqa": ("annotations",),
+    "mmbench": ("questions",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench", required=True, choices=BENCHES, help="which official scorer to follow")
     parser.add_argument("--answers", required=True, type=Path, help="answer lines (JSONL) to score")
     parser.add_argument(
-        "--questions", type=Path, help="pope: llava_pope_test.jsonl; gqa: testdev_balanced_questions.json"
+        "--questions",
+        type=Path,
+        help="pope: llava_pope_test.jsonl; gqa: testdev_balanced_questions.json; mmbench: mmbench_dev_20230712.tsv",
     )
     parser.add_argument(
-        "--annotations", type=Path, help="pope: the folder of coco_pope_<split>.json label files"
+        "--annotations",
+        type=Path,
+        help="pope: the folder of coco_pope_<split>.json label files; textvqa: TextVQA_0.5.1_val.json",
     )
     parser.add_argument("--problems", type=Path, help="sqa: problems.json")
     parser.add_argument("--pid-splits", type=Path, help="sqa: pid_splits.json")
@@ -52,8 +64,14 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.bench == "gqa":
         result = gqa.run(args.answers, args.questions, args.skip_missing)
         return result, gqa.report(result)
-    result = sqa.run(args.answers, args.problems, args.pid_splits, args.split)
-    return result, sqa.report(result)
+    if args.bench == "sqa":
+        result = sqa.run(args.answers, args.problems, args.pid_splits, args.split)
+        return result, sqa.report(result)
+    if args.bench == "textvqa":
+        result = textvqa.run(args.answers, args.annotations)
+        return result, textvqa.report(result)
+    result = mmbench.run(args.answers, args.questions)
+    return result, mmbench.report(result)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,66 @@
+"""Back ends that answer benchmark questions: greedy decoding, batched with left padding.
+
+    backend = TorchBackend("runs/tiny/student-kd/final")
+    texts = backend.answer(questions[:8], max_new_tokens=128)
+
+Every back end takes a batch of `BenchQuestion`s and returns one stripped answer per question, as
+LLaVA's scripts do (`batch_decode(skip_special_tokens=True)[0].strip()`). The torch back end runs
+any checkpoint the kit loads; the ONNX and GGUF exports plug in behind the same `answer` method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from distill.conversation import to_messages
+from distill.modeling import load_llava
+from eval.questions import BenchQuestion
+
+
+class Backend(Protocol):
+    name: str
+
+    def answer(self, questions: list[BenchQuestion], max_new_tokens: int) -> list[str]: ...
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchBackend:
+    """A LlavaForConditionalGeneration checkpoint on one device, answering through its chat template."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> None:
+        self.name = model_name(model_dir)
+        self.device = device or default_device()
+        self.model, self.processor = load_llava(model_dir, dtype, device=self.device)
+        self.model.eval()
+        self.processor.tokenizer.padding_side = "left"  # generation continues every row at the same column
+
+    def chat_text(self, question: BenchQuestion) -> str:
+        content = f"<image>\n{question.prompt}" if question.image is not None else question.prompt
+        messages = to_messages([{"from": "human", "value": content}], require_reply=False)
+        return self.processor.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    @torch.inference_mode()
+    def answer(self, questions: list[BenchQuestion], max_new_tokens: int) -> list[str]:
+        texts = [self.chat_text(q) for q in questions]
+        images = [q.image() for q in questions if q.image is not None]
+        inputs = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device)
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [
+            t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ]
+
+
+def model_name(model_dir: str | Path) -> str:
+    """runs/tiny/student-kd/final -> student-kd (the answer lines' model_id)."""
+    path = Path(model_dir).resolve()
+    return path.parent.name if path.name == "final" else path.name
