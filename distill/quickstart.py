@@ -11,6 +11,8 @@
              (for Align-TI students: configs/tiny-student-align-ti.yaml)
 5. table:    accuracy per question family on the held-out split, with parameter counts and chance
              (printed, and written to runs/tiny/heldout.md and .json)
+6. suite:    the three models on the synthetic world's six benchmark files, scored by the official
+             scorers (`python -m eval suite`; runs/tiny/eval/suite.md, .json and .png)
 
 A stage whose final model exists is skipped; one that was interrupted resumes from its last
 checkpoint. With `--launcher accelerate` each training stage runs as
@@ -110,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--per-family", type=int, default=None, help="evaluate at most this many questions per family"
     )
     parser.add_argument(
+        "--suite-limit",
+        type=int,
+        default=None,
+        help="answer at most this many questions of each benchmark file in the suite (smoke tests)",
+    )
+    parser.add_argument(
         "--launcher",
         choices=["python", "accelerate"],
         default="python",
@@ -147,6 +155,20 @@ def teacher_layer(teacher: Path, val: Path, pairs: int = 300) -> None:
     )
 
 
+def benchmark_suite(models: list[Path], data: Path, out: Path, limit: int | None) -> None:
+    """The models on the synthetic benchmark files, scored as GQA, SQA, TextVQA, POPE, MME, MMBench."""
+    from eval.__main__ import build_parser
+    from eval.suite import run as run_suite
+
+    print("\n== benchmarks: the synthetic world's benchmark files, official scorers (python -m eval suite)")
+    images, root = data / "images" / "test", data / "benchmarks"
+    arguments = ["suite", "--models", *map(str, models), "--root", str(root), "--images", str(images)]
+    arguments += ["--out", str(out), "--batch-size", "32", "--quiet"]
+    if limit:
+        arguments += ["--limit", str(limit)]
+    run_suite(build_parser().parse_args(arguments))
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print(f"== synth: {args.data}", flush=True)
@@ -164,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     print("\nAccuracy (%) per question family on the held-out split (greedy decoding):\n")
     print(table)
     print(f"\nmodels: {', '.join(str(p) for p in finals.values())}")
+    benchmark_suite(list(finals.values()), Path(args.data), out / "eval", args.suite_limit)
     print(
         f"table: {out / 'heldout.md'}; every answer: {out / 'heldout.json'}; total {time.perf_counter() - start:.0f} s"
     )

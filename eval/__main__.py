@@ -2,6 +2,7 @@
 
 python -m eval run --model DIR --bench pope --questions llava_pope_test.jsonl --images DIR --out answers.jsonl
 python -m eval score --bench pope --answers answers.jsonl --questions ... --annotations ...
+python -m eval suite --models A B C
 """
 
 from __future__ import annotations
@@ -9,31 +10,32 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval import run, score
+from eval import run, score, suite
 from eval.records import ScoreError
+
+
+COMMANDS = {  # name -> (module with add_arguments and run, one-line help)
+    "run": (run, "answer a benchmark's questions with a model (LLaVA-format answer lines)"),
+    "score": (score, "score an answer file the way the official scorer does"),
+    "suite": (suite, "run and score several models on several benchmarks; comparison table and chart"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="eval", description="Score a model's answers the way the official scorers do."
+        prog="eval",
+        description="Answer benchmark questions with a model and score them like the official scorers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    command = sub.add_parser(
-        "run",
-        help="answer a benchmark's questions with a model (LLaVA-format answer lines)",
-        description=(run.__doc__ or "").strip(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_arguments(command)
-    command.set_defaults(handler=run.run)
-    command = sub.add_parser(
-        "score",
-        help="score an answer file (POPE, GQA, ScienceQA-IMG)",
-        description=(score.__doc__ or "").strip(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    score.add_arguments(command)
-    command.set_defaults(handler=score.run)
+    for name, (module, summary) in COMMANDS.items():
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=(module.__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
     return parser
 
 

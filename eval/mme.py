@@ -23,7 +23,11 @@ the four reasoning subtasks (at most 800).
 Where the official scripts stop, this scorer raises ScoreError: an answer without ground truth, a
 response with a tab or a line break (calculation.py reads it as a malformed line), a category with
 an odd number of answers. A subtask without answers, where calculation.py stops on the missing
-file, is left out of its total and listed as absent.
+file, is left out of its total and listed as absent. A subtask whose answers are all "other"
+scores 0, as under scikit-learn 1.3; scikit-learn 1.9 stops calculation.py there (its unprinted
+precision gets no samples). The question file is read only to check the answers' question_ids
+and to count unanswered questions; the pairing is never repaired, but pairs of lines about two
+different images are counted.
 """
 
 from __future__ import annotations
@@ -127,10 +131,10 @@ def convert(answers: list[dict[str, Any]], truth: GroundTruth, root: Path) -> di
         if (category, file, question) not in truth:
             raise ScoreError(no_truth_message(answer, key, question, root))
         response = answer["text"]
-        if any(c in response for c in "\t\n\r"):
+        if not isinstance(response, str) or any(c in response for c in "\t\n\r"):
             raise ScoreError(
-                f"MME: the response to {answer['question_id']!r} ({question!r}) holds a tab or a line"
-                f" break, which calculation.py reads as a malformed line: {response!r}"
+                f"MME: the response to {answer['question_id']!r} ({question!r}) is not one line of"
+                f" text (a tab or a line break makes calculation.py read a malformed line): {response!r}"
             )
         rows.setdefault(category, []).append((file, question, truth[(category, file, question)], response))
     return rows

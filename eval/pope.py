@@ -7,7 +7,8 @@ Answers are split by their question's category (adversarial, popular, random), a
 answers are matched to its label file coco_pope_<split>.json **by position**, not by id. An
 answer is "no" when, after cutting the text at its first period and dropping commas, one of its
 space-separated words is exactly "No", "no" or "not"; anything else, "NO", "No!" and "" included,
-is "yes". The reported POPE figure is the mean F1 over the splits.
+is "yes". The reported POPE figure is the mean F1 over the splits. A split with no answers at all
+(a run with --limit), where the official script divides by zero, is left out and named.
 """
 
 from __future__ import annotations
@@ -74,13 +75,19 @@ def score(
     unknown = [a["question_id"] for a in answers if a["question_id"] not in category]
     if unknown:
         raise ScoreError(f"answer for question_id {unknown[0]!r} is not in the question file")
-    splits = {}
+    splits, absent = {}, []
     for path in label_files:
         split = path.name[len(LABEL_PREFIX) : -len(LABEL_SUFFIX)]
         predictions = [parse_answer(a["text"]) for a in answers if category[a["question_id"]] == split]
+        if not predictions:
+            absent.append(split)  # the official script divides by zero here; we leave the split out
+            continue
         labels = [row["label"] for row in read_jsonl(path, ("label",))]
         splits[split] = split_metrics(predictions, labels, split)
-    return {"splits": splits, "pope_f1": 100 * sum(s["f1"] for s in splits.values()) / len(splits)}
+    if not splits:
+        raise ScoreError("POPE: no answer belongs to any split's label file")
+    mean_f1 = 100 * sum(s["f1"] for s in splits.values()) / len(splits)
+    return {"splits": splits, "absent_splits": absent, "pope_f1": mean_f1}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -99,6 +106,8 @@ def report(result: dict[str, Any]) -> str:
             f"{m['f1']:.3f}, {m['accuracy']:.3f}, {m['precision']:.3f}, {m['recall']:.3f}, {m['yes_ratio']:.3f}",
             "====================================",
         ]
+    if result["absent_splits"]:
+        lines.append(f"(no answers, left out: {', '.join(result['absent_splits'])})")
     lines.append(f"POPE (mean F1 over {len(result['splits'])} splits): {result['pope_f1']:.2f}")
     return "\n".join(lines)
 

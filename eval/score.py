@@ -4,6 +4,7 @@
     python -m eval score --bench gqa --answers gqa.jsonl --questions testdev_balanced_questions.json
     python -m eval score --bench sqa --answers sqa.jsonl --problems problems.json --pid-splits pid_splits.json
     python -m eval score --bench textvqa --answers textvqa.jsonl --annotations TextVQA_0.5.1_val.json
+    python -m eval score --bench mme --answers mme.jsonl --questions llava_mme.jsonl --annotations MME_Benchmark_release_version
     python -m eval score --bench mmbench --answers mmbench.jsonl --questions mmbench_dev_20230712.tsv
 
 Prints the official script's report and writes it as JSON beside the answers
@@ -18,15 +19,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval import gqa, mmbench, pope, sqa, textvqa
+from eval import gqa, mmbench, mme, pope, sqa, textvqa
 from eval.records import ScoreError
 
-BENCHES = ("gqa", "sqa", "textvqa", "pope", "mmbench")
+BENCHES = ("gqa", "sqa", "textvqa", "pope", "mme", "mmbench")
 NEEDS = {
     "pope": ("questions", "annotations"),
     "gqa": ("questions",),
     "sqa": ("problems", "pid_splits"),
     "textvqa": ("annotations",),
+    "mme": ("questions", "annotations"),
     "mmbench": ("questions",),
 }
 
@@ -37,12 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--questions",
         type=Path,
-        help="pope: llava_pope_test.jsonl; gqa: testdev_balanced_questions.json; mmbench: mmbench_dev_20230712.tsv",
+        help="pope: llava_pope_test.jsonl; gqa: testdev_balanced_questions.json; mme: llava_mme.jsonl; "
+        "mmbench: mmbench_dev_20230712.tsv",
     )
     parser.add_argument(
         "--annotations",
         type=Path,
-        help="pope: the folder of coco_pope_<split>.json label files; textvqa: TextVQA_0.5.1_val.json",
+        help="pope: the folder of coco_pope_<split>.json label files; textvqa: TextVQA_0.5.1_val.json; "
+        "mme: the MME_Benchmark_release_version folder",
     )
     parser.add_argument("--problems", type=Path, help="sqa: problems.json")
     parser.add_argument("--pid-splits", type=Path, help="sqa: pid_splits.json")
@@ -70,16 +74,24 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.bench == "textvqa":
         result = textvqa.run(args.answers, args.annotations)
         return result, textvqa.report(result)
+    if args.bench == "mme":
+        result = mme.run(args.answers, args.questions, args.annotations)
+        return result, mme.report(result)
     result = mmbench.run(args.answers, args.questions)
     return result, mmbench.report(result)
+
+
+def write_result(bench: str, answers: Path, result: dict[str, Any]) -> Path:
+    """ANSWERS_STEM.BENCH-score.json beside the answers, written whole or not at all."""
+    out = answers.with_name(f"{answers.stem}.{bench}-score.json")
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps({"bench": bench, "answers": str(answers), **result}, indent=1))
+    partial.replace(out)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     result, text = score(args)
     print(text)
-    out = args.answers.with_name(f"{args.answers.stem}.{args.bench}-score.json")
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps({"bench": args.bench, "answers": str(args.answers), **result}, indent=1))
-    partial.replace(out)
-    print(f"scores written to {out}")
+    print(f"scores written to {write_result(args.bench, args.answers, result)}")
     return 0

@@ -37,6 +37,10 @@ def test_each_command_explains_itself(command, capsys):
 def test_console_script_is_installed():
     done = subprocess.run([Path(sys.executable).parent / "distill", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "quickstart" in done.stdout
+    done = subprocess.run(
+        [Path(sys.executable).parent / "distill-eval", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and all(command in done.stdout for command in ("run", "score", "suite"))
 
 
 def test_bad_config_key_is_one_clear_line(tmp_path, capsys):

@@ -165,3 +165,13 @@ def test_the_synthetic_world_benchmark_files_score(shapes, tmp_path):
     ]
     problems, splits = (json.loads((science / n).read_text()) for n in ("problems.json", "pid_splits.json"))
     assert sqa.score(sqa_answers, problems, splits)["img_accuracy"] == 100.0
+
+
+def test_pope_leaves_out_a_split_without_answers_and_names_it(tmp_path):
+    """A --limit run answers only the first split; the official script would divide by zero."""
+    answers, questions = _write_pope(tmp_path, ["Yes", "No"], {"adversarial": ["yes", "no"]})
+    (tmp_path / "coco_pope_random.json").write_text(json.dumps({"question_id": 99, "label": "yes"}) + "\n")
+    result = pope.run(answers, questions, tmp_path)
+    assert set(result["splits"]) == {"adversarial"} and result["absent_splits"] == ["random"]
+    assert result["pope_f1"] == 100.0
+    assert "(no answers, left out: random)" in pope.report(result)

@@ -18,6 +18,8 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
         str(tmp_path / "runs"),
         "--per-family",
         "3",
+        "--suite-limit",
+        "4",
         "--overrides",
         "train.max_steps=2",
         "train.save_steps=1",
@@ -33,6 +35,12 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
         assert f"| {family} (n=" in table
     results = json.loads((tmp_path / "runs" / "heldout.json").read_text())
     assert results["student-kd"]["llm_parameters"] * 4 <= results["teacher"]["llm_parameters"]
+    suite = (tmp_path / "runs" / "eval" / "suite.md").read_text()
+    assert (
+        "| model | GQA | SQA-IMG | TextVQA | POPE F1 | MME-P | MMBench |" in suite
+        and "| student-sft |" in suite
+    )
+    assert suite.strip() in out  # printed too
     irs = json.loads((tmp_path / "runs" / "teacher" / "final" / "irs.json").read_text())
     assert f"-> l* = {irs['best_layer']}" in out  # the Align-TI config finds the teacher's layer
 

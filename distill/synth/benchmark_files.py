@@ -7,7 +7,8 @@ world with the same scorers as the real benchmarks:
     benchmarks/scienceqa/llava_test_CQM-A.json, problems.json, pid_splits.json
     benchmarks/textvqa/llava_textvqa_val_v051_ocr.jsonl, TextVQA_0.5.1_val.json
     benchmarks/pope/llava_pope_test.jsonl, coco/coco_pope_{adversarial,popular,random}.json
-    benchmarks/mme/llava_mme.jsonl, MME_Benchmark_release_version/<category>/questions_answers_YN/*.txt
+    benchmarks/mme/llava_mme.jsonl, MME_Benchmark_release_version/<category>/*.txt (the flat layout
+        of MME's existence, count, position, color and OCR folders)
     benchmarks/mmbench/mmbench_dev_20230712.tsv (with circular shifts)
 
 Image paths inside these files are relative to the held-out image folder (images/test).
@@ -174,7 +175,7 @@ def write_mme(records: list[dict[str, Any]], out: Path) -> None:
         ground_truth[(category, _image_stem(r))].append(f"{question}{MME_SUFFIX}\t{r['answer']}")
     _write_jsonl(out / "llava_mme.jsonl", rows)
     for (category, stem), lines in ground_truth.items():
-        path = out / "MME_Benchmark_release_version" / category / "questions_answers_YN" / f"{stem}.txt"
+        path = out / "MME_Benchmark_release_version" / category / f"{stem}.txt"  # flat, as these five are
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")
 

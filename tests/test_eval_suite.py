@@ -1,0 +1,71 @@
+"""`python -m eval suite`: several models through the runner and the official scorers, with a
+comparison table (markdown + JSON) and a bar chart; answers are resumed, layouts are checked."""
+
+import json
+
+from eval.__main__ import main
+from eval.questions import read_questions
+from eval.suite import HEADLINE, SUITE_BENCHES, comparison, default_layout, headline_percent
+
+
+def suite_args(shapes, out, *models):
+    return [
+        "suite",
+        "--models",
+        *map(str, models),
+        "--root",
+        str(shapes / "benchmarks"),
+        "--images",
+        str(shapes / "images" / "test"),
+        "--out",
+        str(out),
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "4",
+    ]
+
+
+def test_suite_answers_scores_and_compares_every_benchmark(
+    shapes, teacher_dir, student_dir, tmp_path, capsys
+):
+    out = tmp_path / "eval"
+    assert main(suite_args(shapes, out, teacher_dir, student_dir)) == 0
+    printed = capsys.readouterr().out
+    assert "| model | GQA | SQA-IMG | TextVQA | POPE F1 | MME-P | MMBench |" in printed
+    saved = json.loads((out / "suite.json").read_text())
+    assert saved["benches"] == list(SUITE_BENCHES) and set(saved["results"]) == {"teacher", "student"}
+    layout = default_layout(shapes / "benchmarks", shapes / "images" / "test")
+    for bench in SUITE_BENCHES:
+        files = layout[bench]
+        expected = min(8, len(read_questions(bench, files["questions"], files.get("images"))))
+        for model in ("teacher", "student"):
+            assert len((out / model / f"{bench}.jsonl").read_text().splitlines()) == expected
+            score = json.loads((out / model / f"{bench}.{bench}-score.json").read_text())
+            assert score[HEADLINE[bench][0]] == saved["results"][model][bench][HEADLINE[bench][0]]
+    assert (out / "suite.md").read_text().strip() == comparison(saved["results"], saved["benches"])
+    assert (out / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run finds every answer in place and only re-scores
+    assert main(suite_args(shapes, out, teacher_dir, student_dir)) == 0
+    rerun = capsys.readouterr().out
+    assert rerun.count(", 0 to answer") == 2 * len(SUITE_BENCHES) and "samples/s" not in rerun
+
+
+def test_mme_headline_on_the_chart_is_a_share_of_the_subtasks_present():
+    result = {"perception": 300.0, "subtasks": {"count": {}, "color": {}, "commonsense_reasoning": {}}}
+    assert headline_percent("mme", result) == 75.0  # two perception subtasks: at most 400
+
+
+def test_a_layout_file_with_an_unknown_key_or_benchmark_is_refused(shapes, student_dir, tmp_path, capsys):
+    layout = tmp_path / "layout.yaml"
+    layout.write_text("gqa:\n  question: /data/gqa.jsonl\n")
+    assert main([*suite_args(shapes, tmp_path, student_dir), "--layout", str(layout)]) == 2
+    assert "unknown keys ['question']" in capsys.readouterr().err
+    layout.write_text("vqav2:\n  questions: /data/v.jsonl\n")
+    assert main([*suite_args(shapes, tmp_path, student_dir), "--layout", str(layout)]) == 2
+    assert "unknown benchmark 'vqav2'" in capsys.readouterr().err
+
+
+def test_two_models_with_one_name_are_refused(shapes, student_dir, tmp_path, capsys):
+    assert main(suite_args(shapes, tmp_path, student_dir, student_dir)) == 2
+    assert "share a name" in capsys.readouterr().err
