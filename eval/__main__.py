@@ -13,7 +13,6 @@ import sys
 from eval import run, score, suite
 from eval.records import ScoreError
 
-
 COMMANDS = {  # name -> (module with add_arguments and run, one-line help)
     "run": (run, "answer a benchmark's questions with a model (LLaVA-format answer lines)"),
     "score": (score, "score an answer file the way the official scorer does"),
