@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval import run, score, suite
+from eval import exposure, run, score, suite
 from eval.records import ScoreError
 
 COMMANDS = {  # name -> (module with add_arguments and run, one-line help)
     "run": (run, "answer a benchmark's questions with a model (LLaVA-format answer lines)"),
     "score": (score, "score an answer file the way the official scorer does"),
     "suite": (suite, "run and score several models on several benchmarks; comparison table and chart"),
+    "exposure": (
+        exposure,
+        "exposure bias: accumulated teacher-student KL on reference, student and teacher prefixes",
+    ),
 }
 
 
