@@ -16,9 +16,10 @@ Each subcommand lives in its own module, which provides `add_arguments(parser)` 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+
+from distill.command_line import run_command, subcommand_parser
 
 COMMANDS = {
     "quickstart": ("distill.quickstart", "run the tiny default end to end (no downloads, CPU is enough)"),
@@ -34,36 +35,20 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distill",
-        description="Distil a small LLaVA-style model from a large teacher (SFT, vanilla KD, Align-TI, GKD, LLaVADI, EM-KD).",
+    return subcommand_parser(
+        "distill",
+        "Distil a small LLaVA-style model from a large teacher (SFT, vanilla KD, Align-TI, GKD, LLaVADI, EM-KD).",
+        COMMANDS,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        command = sub.add_parser(
-            name,
-            help=help_text,
-            description=(module.__doc__ or help_text).strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command)
-        command.set_defaults(handler=module.run)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kit never downloads models at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
     from distill.errors import KNOWN_ERRORS
 
-    try:
-        return args.handler(args)
-    except KNOWN_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(parser, argv, KNOWN_ERRORS)
 
 
 if __name__ == "__main__":

@@ -10,45 +10,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval import exposure, run, score, suite
+from distill.command_line import run_command, subcommand_parser
 from eval.records import ScoreError
 
-COMMANDS = {  # name -> (module with add_arguments and run, one-line help)
-    "run": (run, "answer a benchmark's questions with a model (LLaVA-format answer lines)"),
-    "score": (score, "score an answer file the way the official scorer does"),
-    "suite": (suite, "run and score several models on several benchmarks; comparison table and chart"),
+COMMANDS = {
+    "run": ("eval.run", "answer a benchmark's questions with a model (LLaVA-format answer lines)"),
+    "score": ("eval.score", "score an answer file the way the official scorer does"),
+    "suite": ("eval.suite", "run and score several models on several benchmarks; comparison table and chart"),
+    "attention": ("eval.attention", "instruction-to-vision attention over the image, one panel per model"),
     "exposure": (
-        exposure,
+        "eval.exposure",
         "exposure bias: accumulated teacher-student KL on reference, student and teacher prefixes",
     ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eval",
-        description="Answer benchmark questions with a model and score them like the official scorers.",
+    return subcommand_parser(
+        "eval", "Answer benchmark questions with a model and score them like the official scorers.", COMMANDS
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, summary) in COMMANDS.items():
-        command = sub.add_parser(
-            name,
-            help=summary,
-            description=(module.__doc__ or "").strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command)
-        command.set_defaults(handler=module.run)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except ScoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, (ScoreError,))
 
 
 if __name__ == "__main__":

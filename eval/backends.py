@@ -5,13 +5,14 @@
 
 Every back end takes a batch of `BenchQuestion`s and returns one stripped answer per question, as
 LLaVA's scripts do (`batch_decode(skip_special_tokens=True)[0].strip()`). The torch back end runs
-any checkpoint the kit loads; the ONNX and GGUF exports plug in behind the same `answer` method.
+any checkpoint the kit loads, the ONNX back end an export of `python -m export onnx`;
+`open_backend(path)` picks by what the folder holds. GGUF plugs in behind the same `answer` method.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -58,6 +59,36 @@ class TorchBackend:
         return [
             t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ]
+
+
+class OnnxBackend:
+    """An ONNX export (python -m export onnx) on ONNX Runtime's CPU provider."""
+
+    def __init__(self, export_dir: str | Path) -> None:
+        from export.onnx_runner import OnnxLlava
+
+        self.name = model_name(export_dir)
+        self.device = "cpu (onnxruntime)"
+        self.runner = OnnxLlava(export_dir)
+
+    def answer(self, questions: list[BenchQuestion], max_new_tokens: int) -> list[str]:
+        texts = [chat_text(self.runner.processor.tokenizer, q) for q in questions]
+        images = [q.image() if q.image is not None else None for q in questions]
+        return self.runner.answer(images, texts, max_new_tokens)
+
+
+def chat_text(tokenizer: Any, question: BenchQuestion) -> str:
+    """The question as the model's chat template renders a first user turn, ready for the reply."""
+    content = f"<image>\n{question.prompt}" if question.image is not None else question.prompt
+    messages = to_messages([{"from": "human", "value": content}], require_reply=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def open_backend(model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> Backend:
+    """The torch back end for a checkpoint, the ONNX one for an export folder (it has manifest.json)."""
+    if (Path(model_dir) / "manifest.json").is_file():
+        return OnnxBackend(model_dir)
+    return TorchBackend(model_dir, dtype, device)
 
 
 def model_name(model_dir: str | Path) -> str:

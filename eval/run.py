@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from eval.backends import Backend, TorchBackend
+from eval.backends import Backend, open_backend
 from eval.questions import BENCHES, DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, BenchQuestion, read_questions
 from eval.records import ScoreError, read_jsonl
 
@@ -128,7 +128,9 @@ def speed_check(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="a model directory the kit loads")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="a model directory the kit loads, or an ONNX export of one"
+    )
     parser.add_argument("--bench", required=True, choices=BENCHES, help="the question file's benchmark")
     parser.add_argument(
         "--questions",
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     todo = unanswered(questions, done)
     max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS.get(args.bench, DEFAULT_MAX_NEW_TOKENS)
     print(f"{args.bench}: {len(questions)} questions, {len(questions) - len(todo)} already in {args.out}")
-    backend = TorchBackend(args.model, args.dtype, args.device)
+    backend = open_backend(args.model, args.dtype, args.device)
     if args.speed_check:
         speed_check(backend, questions[: args.speed_check], args.batch_size, max_new_tokens)
     if not todo:

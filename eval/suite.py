@@ -29,7 +29,7 @@ import yaml
 from eval import mme
 from eval import run as runner
 from eval import score as scorer
-from eval.backends import TorchBackend, model_name
+from eval.backends import model_name, open_backend
 from eval.questions import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, read_questions
 from eval.records import ScoreError
 
@@ -116,7 +116,7 @@ def evaluate(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Answer and score every benchmark with one model; returns {bench: scorer result}."""
-    backend = TorchBackend(model_dir, args.dtype, args.device)
+    backend = open_backend(model_dir, args.dtype, args.device)
     results = {}
     for bench in benches:
         files = layout[bench]

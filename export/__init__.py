@@ -1,5 +1,8 @@
-"""export: ONNX (vision encoder + projector, embeddings, decoder with KV cache) and GGUF (LLM +
-mmproj) exports with int8/int4 and llama.cpp quantization, and parity checks against PyTorch.
+"""export: the student for edge runtimes.
 
-Not built yet (issue 5).
+    python -m export onnx --model DIR --out DIR [--quant none|int8|int4]   # export/onnx_export.py
+    python -m export check --model DIR --export DIR [DIR ...]              # export/check.py
+
+ONNX: vision encoder + projector, token embeddings and a KV-cache decoder (export/onnx_graphs.py),
+run by export/onnx_runner.py. GGUF (llama.cpp) is still to come (issue 5).
 """

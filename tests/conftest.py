@@ -73,6 +73,18 @@ def make_model(tokenizer, seed: int = 0, **arch):
     return model.eval(), processor
 
 
+def save_lively_model(tokenizer, out: Path, seed: int = 2, **arch) -> Path:
+    """A random model with large weights, saved: its greedy answers vary by prompt and run to full
+    length (the default initialisation answers newlines only, which would hide a padding bug)."""
+    model, processor = make_model(tokenizer, seed=seed, **arch)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    return save_llava(model, processor, out)
+
+
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory, tokenizer) -> Path:
     model, processor = make_model(tokenizer, seed=1, hidden_size=48, num_heads=4, num_layers=2)

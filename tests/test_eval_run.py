@@ -6,28 +6,18 @@ import csv
 import json
 
 import pytest
-import torch
 
-from distill.modeling import save_llava
 from eval.__main__ import main
 from eval.backends import TorchBackend
 from eval.questions import CHOICE_SUFFIX, SHORT_SUFFIX, mmbench_prompt, read_questions
 from eval.records import ScoreError, read_jsonl
 from eval.run import answer_all, answered_keys, unanswered
-from tests.conftest import make_model
+from tests.conftest import save_lively_model
 
 
 @pytest.fixture(scope="module")
 def lively_student(tmp_path_factory, tokenizer):
-    """A random student with large weights: its greedy answers vary by question and run to full length
-    (the default initialisation answers newlines only, which would hide a padding bug)."""
-    model, processor = make_model(tokenizer, seed=2)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() > 1:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    return save_llava(model, processor, tmp_path_factory.mktemp("models") / "lively")
+    return save_lively_model(tokenizer, tmp_path_factory.mktemp("models") / "lively")
 
 
 def pope_args(shapes, out, *extra):

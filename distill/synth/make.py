@@ -20,13 +20,12 @@ import argparse
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from distill.staging import staged_directory
 from distill.synth.benchmark_files import write_all
 from distill.synth.splits import (
     TEXT_ONLY_SHARE,
@@ -143,16 +142,8 @@ def synthesize(
                 f"`python -m distill synth --out {out} --force` (and retrain what was trained on it)"
             )
         raise FileExistsError(f"{out} exists without a manifest.json; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         manifest = _build(staging, seed, n_train, n_val, n_test, per_family, vocab_size)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

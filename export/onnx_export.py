@@ -1,0 +1,199 @@
+"""`python -m export onnx`: a LLaVA checkpoint as three ONNX graphs plus its processor and a manifest.
+
+    python -m export onnx --model runs/tiny/student-kd/final --out exports/student-kd-onnx
+    python -m export onnx --model runs/tiny/student-kd/final --out exports/student-kd-onnx-int4 --quant int4
+
+writes vision_encoder.onnx, embed_tokens.onnx and decoder_model_merged.onnx (see
+export/onnx_graphs.py), the processor files, generation_config.json and manifest.json (shapes,
+dtypes, opset, quantization, SHA-256 of the source checkpoint). The graphs come from
+torch.onnx.export (the torch.export route) with dynamic batch, sequence and past lengths.
+--quant int8 applies ONNX Runtime's dynamic quantization (int8 weights, activations quantized at
+run time) to the decoder; int4 its MatMulNBits quantizer (4-bit blocks of 32 weights) to the
+decoder's matrix products. The vision encoder and embeddings stay fp32. Everything is written to a
+temporary folder and renamed when complete: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.modeling import check_llava_dir, image_token_count, load_llava
+from distill.staging import staged_directory
+from export.onnx_graphs import (
+    Decoder,
+    TokenEmbedding,
+    VisionEncoder,
+    decoder_input_names,
+    decoder_output_names,
+    kv_shape,
+)
+
+QUANTIZATIONS = ("none", "int8", "int4")
+OPSET = 18
+INT4_BLOCK = 32
+FILES = {
+    "vision": "vision_encoder.onnx",
+    "embed": "embed_tokens.onnx",
+    "decoder": "decoder_model_merged.onnx",
+}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made (unsupported model, unknown quantization); raised before writing."""
+
+
+def source_hash(model_dir: Path) -> str:
+    """SHA-256 over the checkpoint's config and weight files, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.iterdir()):
+        if path.name == "config.json" or path.suffix == ".safetensors":
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def export_graph(
+    module: torch.nn.Module, args: tuple, path: Path, names: tuple[list[str], list[str]], dims: Any
+) -> None:
+    with torch.no_grad():
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_shapes=dims,
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+
+
+def export_vision(model: Any, out: Path) -> None:
+    size = model.config.vision_config.image_size
+    example = (torch.zeros(2, 3, size, size),)
+    dims = ({0: torch.export.Dim("batch")},)
+    export_graph(
+        VisionEncoder(model), example, out / FILES["vision"], (["pixel_values"], ["image_features"]), dims
+    )
+
+
+def export_embeddings(model: Any, out: Path) -> None:
+    example = (torch.zeros(2, 5, dtype=torch.long),)
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")},)
+    export_graph(
+        TokenEmbedding(model), example, out / FILES["embed"], (["input_ids"], ["inputs_embeds"]), dims
+    )
+
+
+def export_decoder(model: Any, out: Path) -> None:
+    text = model.config.get_text_config()
+    layers, (kv_heads, head_dim) = text.num_hidden_layers, kv_shape(text)
+    batch, seq, past = 2, 5, 3
+    example = (
+        torch.zeros(batch, seq, text.hidden_size),
+        torch.ones(batch, past + seq, dtype=torch.long),
+        torch.arange(past, past + seq).expand(batch, seq).contiguous(),
+        *[torch.zeros(batch, kv_heads, past, head_dim) for _ in range(2 * layers)],
+    )
+    b, s, p, m = (torch.export.Dim(n) for n in ("batch", "seq", "past", "mask"))  # the mask gets its own Dim
+    dims = ({0: b, 1: s}, {0: b, 1: m}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in range(2 * layers)))
+    names = (decoder_input_names(layers), decoder_output_names(layers))
+    export_graph(Decoder(model), example, out / FILES["decoder"], names, dims)
+
+
+def quantize_decoder(path: Path, quant: str) -> None:
+    """Replace the decoder graph by its int8 (dynamic) or int4 (MatMulNBits) version."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantized = path.with_name(path.stem + ".quant.onnx")
+    if quant == "int8":
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+    else:
+        quantizer = MatMulNBitsQuantizer(onnx.load(path), bits=4, block_size=INT4_BLOCK, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(quantized), use_external_data_format=False)
+    for leftover in path.parent.glob(path.name + "*"):  # the graph and any external-data file beside it
+        leftover.unlink()
+    quantized.rename(path)
+
+
+def manifest(model: Any, model_dir: Path, quant: str) -> dict[str, Any]:
+    text = model.config.get_text_config()
+    kv_heads, head_dim = kv_shape(text)
+    size = model.config.vision_config.image_size
+    return {
+        "format": "llava-onnx",
+        "format_version": 1,
+        "source": str(model_dir.resolve()),
+        "source_sha256": source_hash(model_dir),
+        "opset": OPSET,
+        "quantization": quant,
+        "files": FILES,
+        "dtype": "float32",
+        "image_size": size,
+        "visual_tokens": image_token_count(model.config),
+        "image_token_id": model.config.image_token_id,
+        "hidden_size": text.hidden_size,
+        "vocab_size": text.vocab_size,
+        "num_layers": text.num_hidden_layers,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "inputs": {
+            "vision": {"pixel_values": ["batch", 3, size, size]},
+            "embed": {"input_ids": ["batch", "seq"]},
+            "decoder": {
+                "inputs_embeds": ["batch", "seq", text.hidden_size],
+                "attention_mask": ["batch", "past + seq"],
+                "position_ids": ["batch", "seq"],
+                "past_key_values.{i}.key|value": ["batch", kv_heads, "past", head_dim],
+            },
+        },
+    }
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none") -> Path:
+    """Export, check nothing is missing, then move the finished folder to `out`."""
+    model_dir, out = Path(model_dir), Path(out)
+    if quant not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quant!r}; choose from {', '.join(QUANTIZATIONS)}")
+    check_llava_dir(model_dir)
+    model, processor = load_llava(model_dir)
+    model.eval()
+    with staged_directory(out) as staging:
+        export_vision(model, staging)
+        export_embeddings(model, staging)
+        export_decoder(model, staging)
+        if quant != "none":
+            quantize_decoder(staging / FILES["decoder"], quant)
+        processor.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        (staging / "manifest.json").write_text(json.dumps(manifest(model, model_dir, quant), indent=1))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
+    parser.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it exists)")
+    parser.add_argument(
+        "--quant", default="none", choices=QUANTIZATIONS, help="decoder weights (default: none)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_onnx(args.model, args.out, args.quant)
+    sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx*"))}
+    for name, size in sizes.items():
+        print(f"{out / name}: {size / 2**20:.2f} MiB")
+    print(f"ONNX export ({args.quant}) of {args.model} written to {out}")
+    return 0

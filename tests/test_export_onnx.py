@@ -1,0 +1,158 @@
+"""`python -m export onnx`: three graphs that answer like the PyTorch model (identical greedy tokens
+unquantized, on image + text and text-only prompts, Qwen2 and Qwen3 students), int8 and int4
+decoders that load and generate, and bad input refused before anything is written."""
+
+import json
+
+import pytest
+
+from eval.backends import TorchBackend
+from eval.questions import read_questions
+from export.__main__ import main
+from export.check import torch_greedy, torch_prompt_logits
+from export.onnx_export import ExportError, export_onnx
+from export.onnx_runner import OnnxLlava
+from tests.conftest import save_lively_model
+
+pytest.importorskip("onnxruntime")
+
+
+def lively(tokenizer, out, text_model_type="qwen2"):
+    return save_lively_model(tokenizer, out, seed=3, text_model_type=text_model_type)
+
+
+def prompts(shapes, backend):
+    questions = read_questions(
+        "gqa", shapes / "benchmarks" / "gqa" / "llava_gqa_testdev_balanced.jsonl", shapes / "images" / "test"
+    )[:4]
+    images = [q.image() for q in questions] + [None]
+    texts = [backend.chat_text(q) for q in questions]
+    texts.append(
+        backend.processor.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Say something."}], tokenize=False, add_generation_prompt=True
+        )
+    )
+    return images, texts
+
+
+@pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3"])
+def test_unquantized_export_gives_pytorchs_logits_and_greedy_tokens(
+    shapes, tokenizer, tmp_path, text_model_type
+):
+    model_dir = lively(tokenizer, tmp_path / "student", text_model_type)
+    out = export_onnx(model_dir, tmp_path / "onnx")
+    assert {p.name for p in out.glob("*.onnx")} == {
+        "vision_encoder.onnx",
+        "embed_tokens.onnx",
+        "decoder_model_merged.onnx",
+    }
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"] == "none" and len(manifest["source_sha256"]) == 64
+    backend, runner = TorchBackend(model_dir), OnnxLlava(out)
+    images, texts = prompts(shapes, backend)
+    reference, mask = torch_prompt_logits(backend.model, backend.processor, images, texts)
+    logits, onnx_mask = runner.prompt_logits(images, texts)
+    real = mask.astype(bool)
+    assert (onnx_mask == mask).all() and abs(logits[real] - reference[real]).max() < 1e-4
+    expected = torch_greedy(backend.model, backend.processor, images, texts, 12)
+    assert runner.generate(images, texts, 12, ignore_eos=True) == expected
+    assert len({tuple(t) for t in expected}) == len(expected)  # the prompts really differ
+
+
+def test_quantized_decoders_load_and_generate(shapes, tokenizer, tmp_path, capsys):
+    model_dir = lively(tokenizer, tmp_path / "student")
+    backend = TorchBackend(model_dir)
+    images, texts = prompts(shapes, backend)
+    sizes = {}
+    for quant in ("int8", "int4"):
+        assert (
+            main(["onnx", "--model", str(model_dir), "--out", str(tmp_path / quant), "--quant", quant]) == 0
+        )
+        runner = OnnxLlava(tmp_path / quant)
+        assert runner.manifest["quantization"] == quant
+        assert all(len(t) == 6 for t in runner.generate(images, texts, 6, ignore_eos=True))
+        sizes[quant] = (tmp_path / quant / "decoder_model_merged.onnx").stat().st_size
+    assert "int8" in capsys.readouterr().out
+    assert sizes["int4"] < sizes["int8"]
+
+
+def test_check_prints_the_comparison_table(shapes, student_dir, tmp_path, capsys):
+    export_onnx(student_dir, tmp_path / "onnx")
+    args = [
+        "check",
+        "--model",
+        str(student_dir),
+        "--export",
+        str(tmp_path / "onnx"),
+        "--data",
+        str(shapes / "test.json"),
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--prompts",
+                "4",
+                "--new-tokens",
+                "5",
+                "--per-family",
+                "2",
+                "--out",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| pytorch fp32 | 0.00e+00 | 100% | 5.0 |" in printed and "| onnx none (onnx) |" in printed
+    row = json.loads((tmp_path / "c.json").read_text())["rows"]["onnx none (onnx)"]
+    assert row["identical"] == 1.0 and row["max_logit_diff"] < 1e-4
+
+
+def test_bad_input_is_refused_and_nothing_is_left_behind(tmp_path, student_dir, monkeypatch, capsys):
+    not_llava = tmp_path / "qwen"
+    not_llava.mkdir()
+    (not_llava / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert main(["onnx", "--model", str(not_llava), "--out", str(tmp_path / "a")]) == 2
+    assert "unsupported architecture 'qwen2'" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="unknown quantization 'int3'"):
+        export_onnx(student_dir, tmp_path / "b", "int3")
+
+    def broken(model, out):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr("export.onnx_export.export_decoder", broken)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_onnx(student_dir, tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen"]  # no output, no partial folder
+
+
+def test_eval_run_answers_through_an_onnx_export_as_through_pytorch(shapes, tokenizer, tmp_path):
+    from eval.__main__ import main as eval_main
+    from eval.records import read_jsonl
+
+    model_dir = lively(tokenizer, tmp_path / "student")
+    export_onnx(model_dir, tmp_path / "student-onnx")
+    bench = shapes / "benchmarks" / "pope"
+    common = [
+        "--bench",
+        "pope",
+        "--questions",
+        str(bench / "llava_pope_test.jsonl"),
+        "--images",
+        str(shapes / "images" / "test"),
+    ]
+    common += ["--limit", "6", "--max-new-tokens", "8", "--batch-size", "3"]
+    for name in ("student", "student-onnx"):
+        assert (
+            eval_main(
+                ["run", "--model", str(tmp_path / name), *common, "--out", str(tmp_path / f"{name}.jsonl")]
+            )
+            == 0
+        )
+    torch_lines, onnx_lines = (
+        read_jsonl(tmp_path / "student.jsonl"),
+        read_jsonl(tmp_path / "student-onnx.jsonl"),
+    )
+    assert [line["text"] for line in onnx_lines] == [line["text"] for line in torch_lines]
+    assert onnx_lines[0]["model_id"] == "student-onnx"
