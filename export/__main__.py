@@ -2,6 +2,7 @@
 
 python -m export onnx --model runs/tiny/student-kd/final --out exports/student-kd-onnx [--quant int8|int4]
 python -m export check --model runs/tiny/student-kd/final --export exports/student-kd-onnx
+python -m export bench --model runs/tiny/student-kd/final --export exports/student-kd-onnx
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ COMMANDS = {
     "check": (
         "export.check",
         "compare exports with the PyTorch model: logits, greedy tokens, held-out accuracy",
+    ),
+    "bench": (
+        "export.bench",
+        "size, load time, first token, decode speed and peak memory: PyTorch vs exports",
     ),
 }
 

@@ -156,3 +156,24 @@ def test_eval_run_answers_through_an_onnx_export_as_through_pytorch(shapes, toke
     )
     assert [line["text"] for line in onnx_lines] == [line["text"] for line in torch_lines]
     assert onnx_lines[0]["model_id"] == "student-onnx"
+
+
+def test_bench_times_each_format_in_its_own_process(shapes, student_dir, tmp_path, capsys):
+    export_onnx(student_dir, tmp_path / "onnx", "int8")
+    args = [
+        "bench",
+        "--model",
+        str(student_dir),
+        "--export",
+        str(tmp_path / "onnx"),
+        "--data",
+        str(shapes / "test.json"),
+    ]
+    assert main([*args, "--new-tokens", "3", "--repeats", "1", "--out", str(tmp_path / "b.json")]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "| pytorch fp32 |" in printed and "| onnx int8 (onnx) |" in printed and "| 1.00x | 1.00x |" in printed
+    )
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    for row in rows.values():
+        assert row["decode_tokens_per_s"] > 0 and row["first_token_s"] > 0 and row["peak_rss_mib"] > 100

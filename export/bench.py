@@ -1,0 +1,171 @@
+"""`python -m export bench`: size, load time, time to first token, decode speed and memory of each format.
+
+    python -m export bench --model runs/tiny/student-kd/final \\
+        --export exports/student-kd-onnx-none exports/student-kd-onnx-int8 exports/student-kd-onnx-int4
+
+Every format runs in its own process (so its peak RSS is its own) on the same image + question
+prompt from the held-out split: load the model (timed), one warm-up generation, then --repeats
+timed generations of exactly --new-tokens greedy tokens (end-of-sequence held back). Time to first
+token is the median time of a one-token generation (prompt + image through the model); decode
+speed is (new tokens - 1) / (time of the whole generation - time to first token). Peak RSS is the
+process's high-water mark, and "above imports" subtracts what the process held before loading the
+model (Python, torch, transformers). Ratios are against PyTorch fp32 measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def first_held_out_prompt(data: Path) -> tuple[Path, str]:
+    """The image and first question of the first held-out record with an image."""
+    from distill.data import read_records
+
+    for record in read_records(data):
+        if "image" in record:
+            return data.parent / record["image"], record["conversations"][0]["value"]
+    raise ValueError(f"{data}: no record with an image")
+
+
+def timed(generate: Any, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(median seconds to the first token, median seconds for `new_tokens`)."""
+    generate(new_tokens)  # warm-up
+    first = statistics.median(_seconds(generate, 1) for _ in range(repeats))
+    whole = statistics.median(_seconds(generate, new_tokens) for _ in range(repeats))
+    return first, whole
+
+
+def _seconds(generate: Any, tokens: int) -> float:
+    start = time.perf_counter()
+    generate(tokens)
+    return time.perf_counter() - start
+
+
+def measure(kind: str, path: Path, data: Path, new_tokens: int, repeats: int, threads: int) -> dict[str, Any]:
+    """Run in a fresh process: load one format and time its generation."""
+    import torch
+    from PIL import Image
+
+    from distill.conversation import to_messages
+
+    torch.set_num_threads(threads)
+    image_path, question = first_held_out_prompt(data)
+    image = Image.open(image_path).convert("RGB")
+    before = current_rss_mib()
+    start = time.perf_counter()
+    if kind == "pytorch":
+        from distill.modeling import load_llava
+
+        model, processor = load_llava(path)
+        model.eval()
+        size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    else:
+        from export.onnx_runner import OnnxLlava
+
+        runner = OnnxLlava(path, threads=threads)
+        processor = runner.processor
+        size = sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
+    load_seconds = time.perf_counter() - start
+    text = processor.tokenizer.apply_chat_template(
+        to_messages([{"from": "human", "value": question}], require_reply=False),
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+    if kind == "pytorch":
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
+
+        @torch.inference_mode()
+        def generate(tokens: int) -> None:
+            model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
+    else:
+
+        def generate(tokens: int) -> None:
+            runner.generate([image], [text], tokens, ignore_eos=True)
+
+    first, whole = timed(generate, new_tokens, repeats)
+    return {
+        "size_mib": size / 2**20,
+        "load_s": load_seconds,
+        "first_token_s": first,
+        "decode_tokens_per_s": (new_tokens - 1) / max(whole - first, 1e-9),
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_above_imports_mib": peak_rss_mib() - before,
+    }
+
+
+def run_worker(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), str(args.data)]
+    command += [str(args.new_tokens), str(args.repeats), str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def label(path: Path) -> str:
+    manifest = json.loads((path / "manifest.json").read_text())
+    return f"onnx {manifest['quantization']} ({path.name})"
+
+
+def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    base = rows["pytorch fp32"]
+    lines = [
+        f"{args.model}: one image + question from {args.data}, {args.new_tokens} greedy tokens, median of "
+        f"{args.repeats}, {args.threads} threads, each format in its own process:",
+        "| format | size (MiB) | load (s) | first token (ms) | decode (tokens/s) | peak RSS (MiB) "
+        "| above imports (MiB) | decode / PyTorch | RSS above imports / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['size_mib']:.2f} | {r['load_s']:.2f} | {1000 * r['first_token_s']:.1f} | "
+            f"{r['decode_tokens_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_above_imports_mib']:.0f} | "
+            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | "
+            f"{r['peak_rss_above_imports_mib'] / max(base['peak_rss_above_imports_mib'], 1e-9):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="the PyTorch checkpoint (the baseline)")
+    parser.add_argument("--export", nargs="*", default=[], type=Path, help="ONNX export folders to time")
+    parser.add_argument("--data", type=Path, default=Path("data/shapes/test.json"), help="held-out questions")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per generation")
+    parser.add_argument("--repeats", type=int, default=3, help="timed generations (median)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every format")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = {"pytorch fp32": run_worker("pytorch", args.model, args)}
+    for path in args.export:
+        rows[label(path)] = run_worker("onnx", path, args)
+    print(report(rows, args))
+    if args.out:
+        args.out.write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    kind, path, data, new_tokens, repeats, threads = sys.argv[2:8]
+    result = measure(kind, Path(path), Path(data), int(new_tokens), int(repeats), int(threads))
+    print(json.dumps(result))
