@@ -1,8 +1,11 @@
 """export: the student for edge runtimes.
 
     python -m export onnx --model DIR --out DIR [--quant none|int8|int4]   # export/onnx_export.py
+    python -m export gguf --model DIR --out DIR [--quant f16,q8_0,q4_k_m]  # export/gguf_export.py
     python -m export check --model DIR --export DIR [DIR ...]              # export/check.py
+    python -m export bench --model DIR --export DIR [DIR ...]              # export/bench.py
 
 ONNX: vision encoder + projector, token embeddings and a KV-cache decoder (export/onnx_graphs.py),
-run by export/onnx_runner.py. GGUF (llama.cpp) is still to come (issue 5).
+run by export/onnx_runner.py. GGUF: the language model for llama.cpp (export/gguf_text.py); the
+vision tower's mmproj file is still to come (issue 5).
 """

@@ -16,6 +16,7 @@ from export.onnx_export import ExportError
 
 COMMANDS = {
     "onnx": ("export.onnx_export", "export a LLaVA checkpoint as three ONNX graphs (+ int8 / int4 decoder)"),
+    "gguf": ("export.gguf_export", "export the language model as GGUF for llama.cpp (f16, q8_0, q4_k_m)"),
     "check": (
         "export.check",
         "compare exports with the PyTorch model: logits, greedy tokens, held-out accuracy",
