@@ -10,6 +10,8 @@ token is the median time of a one-token generation (prompt + image through the m
 speed is (new tokens - 1) / (time of the whole generation - time to first token). Peak RSS is the
 process's high-water mark, and "above imports" subtracts what the process held before loading the
 model (Python, torch, transformers). Ratios are against PyTorch fp32 measured in the same run.
+With a GGUF export among them (llama.cpp, through llama-cpp-python; one row per file), every format
+answers the question without its image, since the GGUF export has no vision tower yet.
 """
 
 from __future__ import annotations
@@ -59,16 +61,37 @@ def _seconds(generate: Any, tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(kind: str, path: Path, data: Path, new_tokens: int, repeats: int, threads: int) -> dict[str, Any]:
+def chat_text(tokenizer_dir: Path, question: str) -> str:
+    from transformers import AutoTokenizer
+
+    from distill.conversation import to_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    messages = to_messages([{"from": "human", "value": question}], require_reply=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def measure(
+    kind: str,
+    path: Path,
+    data: Path,
+    new_tokens: int,
+    repeats: int,
+    threads: int,
+    text_only: bool,
+    model_dir: Path,
+) -> dict[str, Any]:
     """Run in a fresh process: load one format and time its generation."""
     import torch
     from PIL import Image
 
-    from distill.conversation import to_messages
-
     torch.set_num_threads(threads)
     image_path, question = first_held_out_prompt(data)
-    image = Image.open(image_path).convert("RGB")
+    if text_only:
+        question, image = question.replace("<image>\n", "").replace("<image>", ""), None
+    else:
+        image = Image.open(image_path).convert("RGB")
+    text = chat_text(model_dir, question)
     before = current_rss_mib()
     start = time.perf_counter()
     if kind == "pytorch":
@@ -77,30 +100,33 @@ def measure(kind: str, path: Path, data: Path, new_tokens: int, repeats: int, th
         model, processor = load_llava(path)
         model.eval()
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    else:
-        from export.onnx_runner import OnnxLlava
-
-        runner = OnnxLlava(path, threads=threads)
-        processor = runner.processor
-        size = sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
-    load_seconds = time.perf_counter() - start
-    text = processor.tokenizer.apply_chat_template(
-        to_messages([{"from": "human", "value": question}], require_reply=False),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-
-    if kind == "pytorch":
-        inputs = processor(images=[image], text=[text], return_tensors="pt")
+        inputs = processor(images=[image] if image else None, text=[text], return_tensors="pt")
 
         @torch.inference_mode()
         def generate(tokens: int) -> None:
             model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
-    else:
+    elif kind == "onnx":
+        from export.onnx_runner import OnnxLlava
+
+        runner = OnnxLlava(path, threads=threads)
+        size = sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
 
         def generate(tokens: int) -> None:
             runner.generate([image], [text], tokens, ignore_eos=True)
+    else:
+        import llama_cpp
 
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, verbose=False)
+        size = path.stat().st_size
+        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+
+        def generate(tokens: int) -> None:
+            llm.reset()  # else generate() reuses the cached prompt and the first token is free
+            for count, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0), 1):
+                if count == tokens:
+                    break
+
+    load_seconds = time.perf_counter() - start
     first, whole = timed(generate, new_tokens, repeats)
     return {
         "size_mib": size / 2**20,
@@ -112,24 +138,44 @@ def measure(kind: str, path: Path, data: Path, new_tokens: int, repeats: int, th
     }
 
 
-def run_worker(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_worker(kind: str, path: Path, args: argparse.Namespace, text_only: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), str(args.data)]
-    command += [str(args.new_tokens), str(args.repeats), str(args.threads)]
+    command += [
+        str(args.new_tokens),
+        str(args.repeats),
+        str(args.threads),
+        str(int(text_only)),
+        str(args.model),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark of {path} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def label(path: Path) -> str:
-    manifest = json.loads((path / "manifest.json").read_text())
-    return f"onnx {manifest['quantization']} ({path.name})"
+def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
+    """(row name, kind, path) for each export folder: one row per ONNX export, one per GGUF file."""
+    rows = []
+    for folder in exports:
+        manifest_file = folder / "manifest.json"
+        if not manifest_file.is_file():
+            raise FileNotFoundError(f"{folder}: not an export folder (no manifest.json)")
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format") == "llava-gguf":
+            rows += [
+                (f"gguf {name} ({folder.name})", "gguf", folder / file)
+                for name, file in manifest["files"].items()
+            ]
+        else:
+            rows.append((f"onnx {manifest['quantization']} ({folder.name})", "onnx", folder))
+    return rows
 
 
-def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only: bool) -> str:
     base = rows["pytorch fp32"]
+    prompt = "one question (text only: a GGUF export is compared)" if text_only else "one image + question"
     lines = [
-        f"{args.model}: one image + question from {args.data}, {args.new_tokens} greedy tokens, median of "
+        f"{args.model}: {prompt} from {args.data}, {args.new_tokens} greedy tokens, median of "
         f"{args.repeats}, {args.threads} threads, each format in its own process:",
         "| format | size (MiB) | load (s) | first token (ms) | decode (tokens/s) | peak RSS (MiB) "
         "| above imports (MiB) | decode / PyTorch | RSS above imports / PyTorch |",
@@ -147,7 +193,13 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="the PyTorch checkpoint (the baseline)")
-    parser.add_argument("--export", nargs="*", default=[], type=Path, help="ONNX export folders to time")
+    parser.add_argument(
+        "--export",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="ONNX and GGUF export folders to time (every GGUF file)",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/shapes/test.json"), help="held-out questions")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per generation")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations (median)")
@@ -156,16 +208,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = {"pytorch fp32": run_worker("pytorch", args.model, args)}
-    for path in args.export:
-        rows[label(path)] = run_worker("onnx", path, args)
-    print(report(rows, args))
+    todo = formats(args.export)
+    text_only = any(kind == "gguf" for _, kind, _ in todo)  # the GGUF export has no vision tower yet
+    rows = {"pytorch fp32": run_worker("pytorch", args.model, args, text_only)}
+    for name, kind, path in todo:
+        rows[name] = run_worker(kind, path, args, text_only)
+    print(report(rows, args, text_only))
     if args.out:
         args.out.write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=1))
     return 0
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    kind, path, data, new_tokens, repeats, threads = sys.argv[2:8]
-    result = measure(kind, Path(path), Path(data), int(new_tokens), int(repeats), int(threads))
+    kind, path, data, new_tokens, repeats, threads, text_only, model_dir = sys.argv[2:10]
+    result = measure(
+        kind,
+        Path(path),
+        Path(data),
+        int(new_tokens),
+        int(repeats),
+        int(threads),
+        text_only == "1",
+        Path(model_dir),
+    )
     print(json.dumps(result))

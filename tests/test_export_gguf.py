@@ -67,3 +67,20 @@ def test_unknown_type_is_refused_before_anything_is_written(student_dir, tmp_pat
     with pytest.raises(ExportError, match="unknown GGUF type"):
         export_gguf(student_dir, tmp_path / "gguf", ["q3_x"])
     assert not (tmp_path / "gguf").exists()
+
+
+def test_bench_times_gguf_files_beside_pytorch_on_a_text_prompt(shapes, student_dir, tmp_path, capsys):
+    export_gguf(student_dir, tmp_path / "gguf", ["f16", "q8_0"])
+    args = [
+        "bench",
+        "--model",
+        str(student_dir),
+        "--export",
+        str(tmp_path / "gguf"),
+        "--data",
+        str(shapes / "test.json"),
+    ]
+    assert main([*args, "--new-tokens", "3", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "text only: a GGUF export is compared" in printed
+    assert "| gguf f16 (gguf) |" in printed and "| gguf q8_0 (gguf) |" in printed
