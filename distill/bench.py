@@ -42,6 +42,7 @@ from distill.bench_methods import METHODS
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.configuration import ConfigError
+from distill.staging import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,9 +314,7 @@ def run(args: argparse.Namespace) -> int:
     print(report(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(results, indent=1))
-    partial.replace(out)
+    write_text_atomic(out, json.dumps(results, indent=1))
     print(f"figures written to {out}")
     return 0
 

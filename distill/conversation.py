@@ -48,6 +48,13 @@ def to_messages(conversations: Any, require_reply: bool = True) -> list[dict[str
     return messages
 
 
+def generation_prompt(tokenizer: Any, content: str) -> str:
+    """A first user turn ("<image>\\n..." included when there is an image) rendered by the chat
+    template, ready for the model's reply."""
+    messages = to_messages([{"from": "human", "value": content}], require_reply=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class ConversationEncoder:
     """Chat template + tokenizer -> (input_ids, labels) with exactly the assistant replies supervised."""
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from distill.conversation import to_messages
+from distill.conversation import generation_prompt
 from distill.data import read_records
 from distill.modeling import language_model_parameters, load_llava
 
@@ -42,8 +42,7 @@ def is_correct(record: dict[str, Any], prediction: str) -> bool:
 
 
 def _prompt(processor: Any, record: dict[str, Any]) -> str:
-    messages = to_messages(record["conversations"][:1], require_reply=False)
-    return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return generation_prompt(processor.tokenizer, record["conversations"][0]["value"])
 
 
 @torch.inference_mode()

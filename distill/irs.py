@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +33,7 @@ from distill.attention_capture import capture_instruction_attention
 from distill.conversation import ConversationEncoder, DataError, encode_instruction_prompt, expand_mask
 from distill.data import read_records
 from distill.modeling import image_token_count, load_llava
+from distill.staging import save_figure, write_text_atomic
 
 IRS_FILE = "irs.json"
 Question = tuple[str, str]  # (image file, question as asked, with its answer-format suffix)
@@ -142,19 +142,11 @@ def plot_irs(scores: list[float], best: int, path: Path, title: str) -> None:
     axis.set_ylabel("IRS")
     axis.set_title(title, fontsize=9)
     axis.legend()
-    figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    os.replace(partial, path)
+    save_figure(figure, path)
 
 
 def write_irs(model_dir: Path, result: dict[str, Any]) -> Path:
-    target = model_dir / IRS_FILE
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(result, indent=1))
-    os.replace(partial, target)
-    return target
+    return write_text_atomic(model_dir / IRS_FILE, json.dumps(result, indent=1))
 
 
 def read_best_layer(model_dir: str | Path) -> int | None:

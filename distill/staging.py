@@ -1,8 +1,10 @@
-"""A folder written whole or not at all: build it under a temporary name beside the target, then rename.
+"""Files and folders written whole or not at all: built under a temporary name beside the target, then renamed.
 
 with staged_directory(Path("exports/student-onnx")) as staging:
     write_everything_into(staging)
 # now exports/student-onnx holds it; had anything raised, neither folder would exist
+write_text_atomic(Path("runs/eval/suite.md"), table)
+save_figure(figure, Path("runs/eval/suite.png"))     # a matplotlib figure, closed afterwards
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -28,3 +31,22 @@ def staged_directory(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+    return path
+
+
+def save_figure(figure: Any, path: Path, dpi: int = 120) -> Path:
+    """Lay out, save (PNG through a temporary name) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    partial = path.with_name(path.stem + ".partial.png")
+    figure.savefig(partial, dpi=dpi)
+    plt.close(figure)
+    partial.replace(path)
+    return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from PIL import Image
 from distill.conversation import DataError
 from distill.irs import attention_vectors, read_best_layer
 from distill.modeling import ModelFormatError, check_llava_dir, load_llava
+from distill.staging import save_figure, write_text_atomic
 from eval.backends import default_device, unique_names
 from eval.records import ScoreError
 
@@ -162,17 +162,11 @@ def overlay(panels: list[dict[str, Any]], question: str, path: Path) -> None:
         )
         axis.axis("off")
     figure.suptitle("\n".join(textwrap.wrap(question, 60 * len(panels))), fontsize=10)
-    figure.tight_layout()
-    partial = path.with_name(path.stem + ".partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    os.replace(partial, path)
+    save_figure(figure, path)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=1))
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def model_panel(

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from distill.conversation import to_messages
+from distill.conversation import generation_prompt
 from distill.modeling import load_llava
 from eval.questions import BenchQuestion
 
@@ -42,11 +42,7 @@ class TorchBackend:
         self.processor.tokenizer.padding_side = "left"  # generation continues every row at the same column
 
     def chat_text(self, question: BenchQuestion) -> str:
-        content = f"<image>\n{question.prompt}" if question.image is not None else question.prompt
-        messages = to_messages([{"from": "human", "value": content}], require_reply=False)
-        return self.processor.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return chat_text(self.processor.tokenizer, question)
 
     @torch.inference_mode()
     def answer(self, questions: list[BenchQuestion], max_new_tokens: int) -> list[str]:
@@ -79,9 +75,9 @@ class OnnxBackend:
 
 def chat_text(tokenizer: Any, question: BenchQuestion) -> str:
     """The question as the model's chat template renders a first user turn, ready for the reply."""
-    content = f"<image>\n{question.prompt}" if question.image is not None else question.prompt
-    messages = to_messages([{"from": "human", "value": content}], require_reply=False)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return generation_prompt(
+        tokenizer, f"<image>\n{question.prompt}" if question.image is not None else question.prompt
+    )
 
 
 def open_backend(model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> Backend:

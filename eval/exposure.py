@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from distill.conversation import to_messages
+from distill.conversation import generation_prompt
 from distill.data import read_records
 from distill.losses import per_position_divergence
 from distill.modeling import load_llava
 from distill.pairing import PairError, check_pair
+from distill.staging import save_figure, write_text_atomic
 from eval.backends import default_device, model_name, unique_names
 from eval.records import ScoreError
 
@@ -88,14 +89,7 @@ def long_reply_samples(data: Path, tokenizer: Any, min_tokens: int, length: int,
 def prompt_inputs(model: Model, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:
     """Each sample's first turn in the model's chat template and image size, left-padded."""
     tokenizer = model.processor.tokenizer
-    texts = [
-        tokenizer.apply_chat_template(
-            to_messages([{"from": "human", "value": s.prompt}], require_reply=False),
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for s in samples
-    ]
+    texts = [generation_prompt(tokenizer, s.prompt) for s in samples]
     images = [Image.open(s.image).convert("RGB") for s in samples if s.image is not None]
     return model.processor(images=images or None, text=texts, return_tensors="pt", padding=True).to(device)
 
@@ -237,7 +231,7 @@ def plot(results: dict[str, dict[str, list[float]]], out: Path) -> None:
     axis.set_ylabel("accumulated KL(P_T || P_S)")
     axis.set_title("training-time vs test-time accumulated error")
     axis.legend(fontsize=7)
-    save(figure, out / "accumulated_error.png")
+    save_figure(figure, out / "accumulated_error.png")
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, c in results.items():
         values = [float("nan") if v is None else v for v in c["ex_acc_err_percent"]]
@@ -247,17 +241,7 @@ def plot(results: dict[str, dict[str, list[float]]], out: Path) -> None:
     axis.set_ylabel("%ExAccErr(l)")
     axis.set_title("excess accumulated error (exposure bias)")
     axis.legend(fontsize=8)
-    save(figure, out / "excess_error.png")
-
-
-def save(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    partial = path.with_name(path.stem + ".partial.png")
-    figure.tight_layout()
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
+    save_figure(figure, out / "excess_error.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,9 +309,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "curves": results,
     }
-    partial = args.out / "exposure.json.partial"
-    partial.write_text(json.dumps(summary, indent=1))
-    partial.replace(args.out / "exposure.json")
+    write_text_atomic(args.out / "exposure.json", json.dumps(summary, indent=1))
     plot(results, args.out)
     print(
         f"written: {args.out / 'exposure.json'}, {args.out / 'accumulated_error.png'}, {args.out / 'excess_error.png'}"

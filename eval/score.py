@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distill.staging import write_text_atomic
 from eval import gqa, mmbench, mme, pope, sqa, textvqa
 from eval.records import ScoreError
 
@@ -84,10 +85,7 @@ def score(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 def write_result(bench: str, answers: Path, result: dict[str, Any]) -> Path:
     """ANSWERS_STEM.BENCH-score.json beside the answers, written whole or not at all."""
     out = answers.with_name(f"{answers.stem}.{bench}-score.json")
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps({"bench": bench, "answers": str(answers), **result}, indent=1))
-    partial.replace(out)
-    return out
+    return write_text_atomic(out, json.dumps({"bench": bench, "answers": str(answers), **result}, indent=1))
 
 
 def run(args: argparse.Namespace) -> int:

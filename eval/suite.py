@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from distill.staging import save_figure, write_text_atomic
 from eval import mme
 from eval import run as runner
 from eval import score as scorer
@@ -175,11 +176,7 @@ def bar_chart(results: dict[str, dict[str, Any]], benches: list[str], path: Path
     axis.set_ylim(0, 100)
     axis.legend()
     axis.set_title("benchmark scores (official scorers)")
-    figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
+    save_figure(figure, path)
 
 
 def headline_percent(bench: str, result: dict[str, Any]) -> float:
@@ -189,12 +186,6 @@ def headline_percent(bench: str, result: dict[str, Any]) -> float:
         return value
     present = [name for name in result["subtasks"] if name in mme.PERCEPTION]
     return 100 * value / (200 * len(present)) if present else 0.0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,8 +238,10 @@ def run(args: argparse.Namespace) -> int:
     table = comparison(results, args.benches)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "suite.md", table + "\n")
-    write_atomic(args.out / "suite.json", json.dumps({"benches": args.benches, "results": results}, indent=1))
+    write_text_atomic(args.out / "suite.md", table + "\n")
+    write_text_atomic(
+        args.out / "suite.json", json.dumps({"benches": args.benches, "results": results}, indent=1)
+    )
     bar_chart(results, args.benches, args.out / "suite.png")
     print(
         f"comparison written to {args.out / 'suite.md'}, {args.out / 'suite.json'} and {args.out / 'suite.png'}"

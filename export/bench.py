@@ -64,11 +64,9 @@ def _seconds(generate: Any, tokens: int) -> float:
 def chat_text(tokenizer_dir: Path, question: str) -> str:
     from transformers import AutoTokenizer
 
-    from distill.conversation import to_messages
+    from distill.conversation import generation_prompt
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    messages = to_messages([{"from": "human", "value": question}], require_reply=False)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return generation_prompt(AutoTokenizer.from_pretrained(tokenizer_dir), question)
 
 
 def measure(

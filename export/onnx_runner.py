@@ -69,10 +69,10 @@ class OnnxLlava:
             embeds[slots] = features.reshape(-1, features.shape[-1])
         return embeds
 
-    def prompt_logits(
+    def prompt_pass(
         self, images: list[Image.Image | None], texts: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Logits over every prompt position ([batch, seq, vocab]) and the attention mask."""
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """One decoder call over the left-padded prompts: (logits and cache, attention mask)."""
         present = [image for image in images if image is not None]
         inputs = dict(self.processor(images=present or None, text=texts, return_tensors="np", padding=True))
         mask = inputs["attention_mask"].astype(np.int64)
@@ -80,10 +80,15 @@ class OnnxLlava:
             (mask.shape[0], self.manifest["num_kv_heads"], 0, self.manifest["head_dim"]), np.float32
         )
         past = [empty] * (2 * self.manifest["num_layers"])
-        logits = self.decode(
-            self.prompt_embeddings(inputs), mask, np.clip(mask.cumsum(-1) - 1, 0, None), past
-        )[0]
-        return logits, mask
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)  # counted over real tokens only
+        return self.decode(self.prompt_embeddings(inputs), mask, positions, past), mask
+
+    def prompt_logits(
+        self, images: list[Image.Image | None], texts: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits over every prompt position ([batch, seq, vocab]) and the attention mask."""
+        outputs, mask = self.prompt_pass(images, texts)
+        return outputs[0], mask
 
     def decode(
         self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]
@@ -101,18 +106,12 @@ class OnnxLlava:
         """Greedy new tokens per prompt (end-of-sequence token excluded; with `ignore_eos`, exactly
         `max_new_tokens`, end-of-sequence never chosen, as generate's min_new_tokens does). `texts` are
         chat-formatted."""
-        present = [image for image in images if image is not None]
-        inputs = dict(self.processor(images=present or None, text=texts, return_tensors="np", padding=True))
-        mask = inputs["attention_mask"].astype(np.int64)
-        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        (logits, *past), mask = self.prompt_pass(images, texts)
+        positions = mask.sum(-1, keepdims=True) - 1  # the last real token's position, per row
         batch = mask.shape[0]
-        empty = np.zeros((batch, self.manifest["num_kv_heads"], 0, self.manifest["head_dim"]), np.float32)
-        past = [empty] * (2 * self.manifest["num_layers"])
-        embeds = self.prompt_embeddings(inputs)
         new_tokens: list[list[int]] = [[] for _ in range(batch)]
         done = np.zeros(batch, bool)
-        for _ in range(max_new_tokens):
-            logits, *past = self.decode(embeds, mask, positions, past)
+        for step in range(max_new_tokens):
             last = logits[:, -1]
             if ignore_eos:
                 last[:, sorted(self.eos_ids)] = -np.inf
@@ -125,11 +124,11 @@ class OnnxLlava:
                     done[row] = True
                 else:
                     new_tokens[row].append(token)
-            if done.all():
+            if done.all() or step == max_new_tokens - 1:
                 break
-            embeds = self.embed(chosen[:, None])
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            logits, *past = self.decode(self.embed(chosen[:, None]), mask, positions, past)
         return new_tokens
 
     def answer(self, images: list[Image.Image | None], texts: list[str], max_new_tokens: int) -> list[str]:
