@@ -4,6 +4,7 @@
     python -m distill synth --out data/shapes    # the synthetic dataset
     python -m distill train CONFIG.yaml [k=v]    # one training stage
     python -m distill build-student ...          # vision encoder + LLM + fresh projector -> one checkpoint
+    python -m distill random-student --out DIR   # a random-weight 0.5B-shaped student (speed, memory)
     python -m distill check ...                  # validate a teacher/student pair and a dataset
     python -m distill heldout --model DIR        # accuracy per question family on the held-out split
     python -m distill bench                      # step time and memory: SFT vs KD, chunked vs naive KL
@@ -26,6 +27,10 @@ COMMANDS = {
     "synth": ("distill.synth.make", "write the synthetic shapes dataset, benchmark files and tokenizer"),
     "train": ("distill.train", "train one stage from a YAML config with dotted overrides"),
     "build-student": ("distill.build_student", "assemble a student from a vision encoder and an LLM"),
+    "random-student": (
+        "distill.random_student",
+        "a random-weight LLaVA of a real shape (for speed and memory)",
+    ),
     "check": ("distill.check", "validate a teacher/student pair and a dataset without training"),
     "heldout": ("distill.heldout", "accuracy per question family on the synthetic held-out split"),
     "bench": ("distill.bench", "step time and peak memory of the objectives, chunked vs naive KL"),

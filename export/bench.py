@@ -10,8 +10,10 @@ token is the median time of a one-token generation (prompt + image through the m
 speed is (new tokens - 1) / (time of the whole generation - time to first token). Peak RSS is the
 process's high-water mark, and "above imports" subtracts what the process held before loading the
 model (Python, torch, transformers). Ratios are against PyTorch fp32 measured in the same run.
-With a GGUF export among them (llama.cpp, through llama-cpp-python; one row per file), every format
-answers the question without its image, since the GGUF export has no vision tower yet.
+A GGUF export gives one row per language-model file (llama.cpp through llama-cpp-python, the image
+through the export's mmproj file: export/gguf_runner.py); its size counts the mmproj too. Should a
+GGUF export have no mmproj (one written before the vision tower was exported), every format answers
+the question without its image.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from export.onnx_export import label
 
 
 def peak_rss_mib() -> float:
@@ -112,17 +116,15 @@ def measure(
         def generate(tokens: int) -> None:
             runner.generate([image], [text], tokens, ignore_eos=True)
     else:
-        import llama_cpp
+        from export.gguf_runner import GgufLlava
 
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, verbose=False)
-        size = path.stat().st_size
-        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+        gguf = GgufLlava(path, kind.removeprefix("gguf:"), threads=threads)
+        size = sum(
+            (path / name).stat().st_size for name in (gguf.manifest["files"][gguf.quant], gguf.mmproj) if name
+        )
 
         def generate(tokens: int) -> None:
-            llm.reset()  # else generate() reuses the cached prompt and the first token is free
-            for count, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0), 1):
-                if count == tokens:
-                    break
+            gguf.generate_one(image, text, tokens, ignore_eos=True)  # every call decodes the prompt afresh
 
     load_seconds = time.perf_counter() - start
     first, whole = timed(generate, new_tokens, repeats)
@@ -160,18 +162,23 @@ def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
             raise FileNotFoundError(f"{folder}: not an export folder (no manifest.json)")
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format") == "llava-gguf":
-            rows += [
-                (f"gguf {name} ({folder.name})", "gguf", folder / file)
-                for name, file in manifest["files"].items()
-            ]
+            rows += [(f"gguf {name} ({folder.name})", f"gguf:{name}", folder) for name in manifest["files"]]
         else:
-            rows.append((f"onnx {manifest['quantization']} ({folder.name})", "onnx", folder))
+            rows.append((f"onnx {label(manifest)} ({folder.name})", "onnx", folder))
     return rows
+
+
+def has_mmproj(folder: Path) -> bool:
+    return bool(json.loads((folder / "manifest.json").read_text()).get("vision"))
 
 
 def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only: bool) -> str:
     base = rows["pytorch fp32"]
-    prompt = "one question (text only: a GGUF export is compared)" if text_only else "one image + question"
+    prompt = (
+        "one question (text only: a GGUF export without mmproj is compared)"
+        if text_only
+        else "one image + question"
+    )
     lines = [
         f"{args.model}: {prompt} from {args.data}, {args.new_tokens} greedy tokens, median of "
         f"{args.repeats}, {args.threads} threads, each format in its own process:",
@@ -207,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     todo = formats(args.export)
-    text_only = any(kind == "gguf" for _, kind, _ in todo)  # the GGUF export has no vision tower yet
+    text_only = any(kind.startswith("gguf") and not has_mmproj(path) for _, kind, path in todo)
     rows = {"pytorch fp32": run_worker("pytorch", args.model, args, text_only)}
     for name, kind, path in todo:
         rows[name] = run_worker(kind, path, args, text_only)

@@ -5,10 +5,12 @@
 
 The same held-out image + question prompts (the synthetic test split) go through PyTorch and each
 export. Printed side by side with PyTorch fp32: the largest absolute logit difference over every
-prompt position of --prompts prompts; the share of those prompts whose --new-tokens greedy tokens
+prompt position of --prompts prompts (for GGUF files, the next-token logits after each prompt: llama.cpp
+keeps only those); the share of those prompts whose --new-tokens greedy tokens
 (end-of-sequence held back, so every prompt yields that many) are identical, and the mean length of
 the common prefix; and the held-out accuracy over --per-family questions of each family, scored as
 `python -m distill heldout` scores it. Unquantized exports should agree on every greedy token.
+An ONNX export is one row; a GGUF export one row per language-model file (export/gguf_runner.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,39 @@ from tqdm import tqdm
 from distill.data import read_records
 from distill.heldout import FAMILIES, _prompt, generate_answers, score, select
 from distill.modeling import load_llava
+from export.gguf_runner import GgufLlava, read_gguf_manifest
+from export.onnx_export import label
 from export.onnx_runner import OnnxLlava
+
+
+def runners(path: Path) -> list[tuple[str, Any]]:
+    """(row name, runner) for an export folder: the ONNX export, or each file of a GGUF export."""
+    manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else {}
+    if manifest.get("format") == "llava-gguf":
+        read_gguf_manifest(path)
+        return [
+            (f"gguf {name} ({path.name})", lambda name=name: GgufLlava(path, name))
+            for name in manifest["files"]
+        ]
+    return [(f"onnx {label(manifest) if manifest else None} ({path.name})", lambda: OnnxLlava(path))]
+
+
+def logit_difference(
+    runner: Any, images: list, texts: list[str], reference: np.ndarray, mask: np.ndarray
+) -> float:
+    """Largest |export - PyTorch| logit: every prompt position (ONNX), or the last one (GGUF)."""
+    if isinstance(runner, GgufLlava):
+        vocab = min(runner.vocab_size, reference.shape[-1])
+        return max(
+            float(np.abs(runner.prompt_pass(image, text)[:vocab] - reference[row, -1, :vocab]).max())
+            for row, (image, text) in enumerate(zip(images, texts))
+        )
+    logits, export_mask = runner.prompt_logits(images, texts)
+    if not np.array_equal(mask, export_mask):
+        raise ValueError(f"{runner.path}: its processor tokenizes the prompts differently from PyTorch's")
+    real = mask.astype(bool)
+    vocab = min(logits.shape[-1], reference.shape[-1])
+    return float(np.abs(logits[real][:, :vocab] - reference[real][:, :vocab]).max())
 
 
 def images_and_texts(processor: Any, records: list[dict[str, Any]], folder: Path) -> tuple[list, list[str]]:
@@ -91,14 +125,10 @@ def check(
             "accuracy": accuracy(scored, answers),
         }
     }
-    for path in tqdm(exports, desc="exports", unit="export"):
-        runner = OnnxLlava(path)
-        logits, onnx_mask = runner.prompt_logits(images, texts)
-        if not np.array_equal(mask, onnx_mask):
-            raise ValueError(f"{path}: its processor tokenizes the prompts differently from {model_dir}")
-        real = mask.astype(bool)
-        vocab = min(logits.shape[-1], reference_logits.shape[-1])
-        difference = float(np.abs(logits[real][:, :vocab] - reference_logits[real][:, :vocab]).max())
+    todo = [row for path in exports for row in runners(path)]
+    for name, open_runner in tqdm(todo, desc="exports", unit="file"):
+        runner = open_runner()
+        difference = logit_difference(runner, images, texts, reference_logits, mask)
         tokens = runner.generate(images, texts, new_tokens, ignore_eos=True)
         prefixes = [common_prefix(a, b) for a, b in zip(tokens, reference_tokens)]
         export_answers = []
@@ -106,7 +136,7 @@ def check(
             export_answers += runner.answer(
                 scored_images[start : start + 32], scored_texts[start : start + 32], 16
             )
-        rows[f"onnx {runner.manifest['quantization']} ({path.name})"] = {
+        rows[name] = {
             "max_logit_diff": difference,
             "identical": sum(p == new_tokens for p in prefixes) / len(prefixes),
             "common_prefix": float(np.mean(prefixes)),

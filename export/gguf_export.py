@@ -3,11 +3,23 @@
     python -m export gguf --model runs/tiny/student-kd/final --out exports/student-kd-gguf --quant f16,q8_0,q4_k_m
 
 writes model-f16.gguf (export/gguf_text.py: gguf-py's writer with llama.cpp's tensor names and the
-tokenizer and chat template embedded) and, for each other name in --quant, model-<quant>.gguf made
+tokenizer and chat template embedded); for each other name in --quant, model-<quant>.gguf made
 from it by llama.cpp's quantizer (llama-cpp-python's `llama_model_quantize`; tensors whose width is
-not a multiple of the quantization block fall back to a type that fits, as llama.cpp decides).
-The folder is staged and renamed when complete. The vision tower + projector (the mmproj file
-llama.cpp's mtmd loads) is not written yet: these files answer text prompts.
+not a multiple of the quantization block fall back to a type that fits, as llama.cpp decides);
+mmproj-f16.gguf, the vision tower + projector that llama.cpp's mtmd loads (export/gguf_vision.py;
+f32 when only f32 is asked for); the processor files and generation_config.json, so the runner
+(export/gguf_runner.py) builds the same chat text as PyTorch; and manifest.json. The folder is
+staged and renamed when complete.
+
+Load it with llama-cpp-python's multimodal chat handler:
+
+    from llama_cpp import Llama
+    from export.gguf_runner import llava_chat_handler
+    llm = Llama("exports/student-kd-gguf/model-q4_k_m.gguf", n_ctx=2048,
+                chat_handler=llava_chat_handler("exports/student-kd-gguf/mmproj-f16.gguf"))
+    llm.create_chat_completion(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
+        {"type": "text", "text": "What shape is in the top left corner?"}]}])
 """
 
 from __future__ import annotations
@@ -16,10 +28,16 @@ import argparse
 import ctypes
 import json
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 
 from distill.modeling import check_llava_dir, load_llava
 from distill.staging import staged_directory
-from export.gguf_text import write_text_gguf
+from export.gguf_text import architecture, write_text_gguf
+from export.gguf_vision import check_vision, write_mmproj
 from export.onnx_export import ExportError, source_hash
 
 QUANT_TYPES = {
@@ -28,6 +46,9 @@ QUANT_TYPES = {
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
 }
 NAMES = ("f32", "f16", *QUANT_TYPES)
+# Largest |llama.cpp - transformers| image embedding allowed, relative to the largest embedding (at least 1):
+# f16 weights and the tanh form of the projector's GELU stay well inside it; a wrong graph does not.
+MMPROJ_TOLERANCE = 1e-2
 
 
 def quantize(source: Path, target: Path, name: str) -> None:
@@ -55,11 +76,21 @@ def export_gguf(model_dir: str | Path, out: str | Path, quants: list[str]) -> di
     quants = parse_quants(",".join(quants))  # refused before anything is loaded or written
     check_llava_dir(model_dir)
     model, processor = load_llava(model_dir)
+    try:
+        architecture(model.config.get_text_config())
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    check_vision(model.config)
     base = "f32" if quants == ["f32"] else "f16"
     files = {}
     with staged_directory(out) as staging:
+        mmproj = write_mmproj(model, processor, staging / f"mmproj-{base}.gguf", base)
+        processor.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
         source = write_text_gguf(model, processor.tokenizer, staging / f"model-{base}.gguf", base)
         files[base] = out / source.name
+        write_manifest(staging, model_dir, {base: source.name}, mmproj.name)
+        difference = verify_mmproj(staging, base, model, processor)
         for name in quants:
             if name in ("f32", "f16"):
                 continue
@@ -68,15 +99,64 @@ def export_gguf(model_dir: str | Path, out: str | Path, quants: list[str]) -> di
         if base not in quants:
             source.unlink()
             del files[base]
-        manifest = {
-            "format": "llava-gguf",
-            "source": str(model_dir.resolve()),
-            "source_sha256": source_hash(model_dir),
-            "files": {name: path.name for name, path in files.items()},
-            "vision": None,  # the mmproj is not written yet
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        write_manifest(
+            staging, model_dir, {name: path.name for name, path in files.items()}, mmproj.name, difference
+        )
     return files
+
+
+def write_manifest(
+    folder: Path, model_dir: Path, files: dict[str, str], mmproj: str, difference: float | None = None
+) -> None:
+    manifest = {
+        "format": "llava-gguf",
+        "source": str(model_dir.resolve()),
+        "source_sha256": source_hash(model_dir),
+        "files": files,
+        "vision": mmproj,
+        "vision_max_abs_difference": difference,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+@torch.inference_mode()
+def verify_mmproj(folder: Path, base: str, model: Any, processor: Any) -> float:
+    """Run a probe image through llama.cpp's mtmd and transformers; refuse an mmproj that computes otherwise.
+
+    The check is on the llama.cpp actually installed, so a graph defect there is caught at export time
+    rather than in a user's answers (llama.cpp's llava graph puts CLIP's class token last and shifts every
+    patch's position embedding: ggml-org/llama.cpp#25814, open as of llama-cpp-python 0.3.36).
+    """
+    from export.gguf_runner import GgufLlava
+
+    size = model.config.vision_config.image_size
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    probe = Image.fromarray(pixels)
+    embeddings = GgufLlava(folder, base, use_gpu=False).image_embeddings(probe)
+    inputs = processor.image_processor(images=[probe], return_tensors="pt")
+    features = model.get_image_features(pixel_values=inputs["pixel_values"])
+    features = getattr(features, "pooler_output", features)
+    if isinstance(features, (list, tuple)):
+        features = torch.cat(list(features))
+    reference = features.float().reshape(-1, features.shape[-1]).numpy()
+    if embeddings.shape != reference.shape:
+        raise ExportError(
+            f"llama.cpp makes {embeddings.shape[0]} image embeddings of width {embeddings.shape[1]}; "
+            f"the model makes {reference.shape[0]} of width {reference.shape[1]}"
+        )
+    difference = float(np.abs(embeddings - reference).max())
+    tolerance = MMPROJ_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    if difference > tolerance:
+        tower = model.config.vision_config.model_type
+        known = (
+            " (the class-token defect of ggml-org/llama.cpp#25814)" if tower == "clip_vision_model" else ""
+        )
+        raise ExportError(
+            f"the installed llama.cpp computes this {tower} tower's image embeddings differently from transformers: "
+            f"max |difference| {difference:.3g} > {tolerance:.3g}{known}; no GGUF written. "
+            "The ONNX export (python -m export onnx) is exact for this model."
+        )
+    return difference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,5 +173,10 @@ def run(args: argparse.Namespace) -> int:
     quants = parse_quants(args.quant)
     for name, path in export_gguf(args.model, args.out, quants).items():
         print(f"{path}: {name}, {path.stat().st_size / 2**20:.2f} MiB")
-    print("the vision tower (mmproj) is not exported yet: these files answer text prompts")
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    mmproj = args.out / manifest["vision"]
+    print(
+        f"{mmproj}: vision tower + projector, {mmproj.stat().st_size / 2**20:.2f} MiB; image embeddings in "
+        f"llama.cpp within {manifest['vision_max_abs_difference']:.2e} of transformers on a probe image"
+    )
     return 0

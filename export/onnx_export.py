@@ -9,7 +9,10 @@ dtypes, opset, quantization, SHA-256 of the source checkpoint). The graphs come 
 torch.onnx.export (the torch.export route) with dynamic batch, sequence and past lengths.
 --quant int8 applies ONNX Runtime's dynamic quantization (int8 weights, activations quantized at
 run time) to the decoder; int4 its MatMulNBits quantizer (4-bit blocks of 32 weights) to the
-decoder's matrix products. The vision encoder and embeddings stay fp32. Everything is written to a
+decoder's matrix products. The vision encoder and embeddings stay fp32. --fp16 converts all three
+graphs to float16 weights and arithmetic with ONNX Runtime's own converter
+(onnxruntime.transformers.float16, inputs and outputs kept float32 so the runner is unchanged): half
+the size, for GPU and WebGPU runtimes; it does not combine with int8/int4. Everything is written to a
 temporary folder and renamed when complete: a failed export leaves nothing behind.
 """
 
@@ -162,11 +165,29 @@ def manifest(model: Any, model_dir: Path, quant: str) -> dict[str, Any]:
     }
 
 
-def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none") -> Path:
+def label(manifest: dict[str, Any]) -> str:
+    """How an export's weights are stored: none (fp32), int8, int4 or fp16."""
+    return "fp16" if str(manifest.get("dtype", "")).startswith("float16") else manifest["quantization"]
+
+
+def convert_to_fp16(path: Path) -> None:
+    """Rewrite one graph (and its external data) with float16 weights, float32 inputs and outputs."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    for old in path.parent.glob(path.name + "*"):
+        old.unlink()
+    onnx.save(graph, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none", fp16: bool = False) -> Path:
     """Export, check nothing is missing, then move the finished folder to `out`."""
     model_dir, out = Path(model_dir), Path(out)
     if quant not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization {quant!r}; choose from {', '.join(QUANTIZATIONS)}")
+    if fp16 and quant != "none":
+        raise ExportError(f"--fp16 converts unquantized graphs; it does not combine with --quant {quant}")
     check_llava_dir(model_dir)
     model, processor = load_llava(model_dir)
     model.eval()
@@ -176,9 +197,14 @@ def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none") -> 
         export_decoder(model, staging)
         if quant != "none":
             quantize_decoder(staging / FILES["decoder"], quant)
+        if fp16:
+            for name in FILES.values():
+                convert_to_fp16(staging / name)
         processor.save_pretrained(staging)
         model.generation_config.save_pretrained(staging)
-        (staging / "manifest.json").write_text(json.dumps(manifest(model, model_dir, quant), indent=1))
+        description = manifest(model, model_dir, quant)
+        description["dtype"] = "float16 (float32 inputs and outputs)" if fp16 else "float32"
+        (staging / "manifest.json").write_text(json.dumps(description, indent=1))
     return out
 
 
@@ -188,12 +214,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quant", default="none", choices=QUANTIZATIONS, help="decoder weights (default: none)"
     )
+    parser.add_argument(
+        "--fp16", action="store_true", help="float16 graphs (for GPU / WebGPU runtimes); not with --quant"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export_onnx(args.model, args.out, args.quant)
+    out = export_onnx(args.model, args.out, args.quant, args.fp16)
     sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.onnx*"))}
     for name, size in sizes.items():
         print(f"{out / name}: {size / 2**20:.2f} MiB")
-    print(f"ONNX export ({args.quant}) of {args.model} written to {out}")
+    print(f"ONNX export ({'fp16' if args.fp16 else args.quant}) of {args.model} written to {out}")
     return 0

@@ -1,86 +1,212 @@
-"""`python -m export gguf`: the language model as GGUF gives transformers' greedy tokens in llama.cpp
-(f32 file and cache), and llama.cpp's quantizer makes q8_0 / q4_k_m files that load and generate.
-Needs llama-cpp-python (the export extra); skipped without it."""
+"""`python -m export gguf`: the language model + mmproj as GGUF give transformers' greedy tokens in llama.cpp
+(f32 files and cache; image + text and text-only prompts; Qwen2 and Qwen3), the mmproj's image embeddings
+equal transformers' get_image_features within f16 rounding, llama-cpp-python's multimodal chat handler
+answers from the files, llama.cpp's quantizer makes q8_0 / q4_k_m files that load and generate in a
+fresh process (a non-portable llama.cpp build dies there with SIGILL), bad input is refused before
+anything is written. Needs llama-cpp-python (the gguf extra); skipped without it."""
 
+import base64
+import io
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
+from eval.backends import TorchBackend
 from export.__main__ import main
+from export.check import torch_greedy, torch_prompt_logits
 from export.gguf_export import export_gguf
+from export.gguf_runner import GgufLlava
 from export.onnx_export import ExportError
 from tests.conftest import save_lively_model
+from tests.test_export_onnx import prompts
 
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
-PROMPTS = ["Describe the picture.", "What color is the circle in the top left corner?"]
-
-
-def hf_greedy(model, tokenizer, ids, n):
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n)
-    return out[0, len(ids) :].tolist()
-
-
-def llama_greedy(path, ids, n, f32_cache=True):
-    kwargs = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, **kwargs)
-    tokens = []
-    for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
-        tokens.append(token)
-        if len(tokens) == n:
-            break
-    return tokens
-
 
 @pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3"])
-def test_f32_gguf_gives_transformers_greedy_tokens(tokenizer, tmp_path, text_model_type):
-    from distill.modeling import load_llava
-
+def test_f32_gguf_gives_transformers_logits_and_greedy_tokens(shapes, tokenizer, tmp_path, text_model_type):
     model_dir = save_lively_model(tokenizer, tmp_path / "student", seed=4, text_model_type=text_model_type)
     files = export_gguf(model_dir, tmp_path / "gguf", ["f32"])
-    model, processor = load_llava(model_dir)
-    model.generation_config.eos_token_id = None  # exactly n tokens on both sides
-    for prompt in PROMPTS:
-        text = processor.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        ids = processor.tokenizer(text, add_special_tokens=False).input_ids
-        assert llama_greedy(files["f32"], ids, 12) == hf_greedy(model, processor.tokenizer, ids, 12)
+    assert set(files) == {"f32"}
+    backend, runner = TorchBackend(model_dir), GgufLlava(tmp_path / "gguf", "f32", f32_cache=True)
+    images, texts = prompts(shapes, backend)
+    reference, _ = torch_prompt_logits(backend.model, backend.processor, images, texts)
+    for row, (image, text) in enumerate(zip(images, texts)):
+        last = runner.prompt_pass(image, text)
+        assert abs(last - reference[row, -1]).max() < 2e-2  # the projector's GELU: tanh form in llama.cpp
+    expected = torch_greedy(backend.model, backend.processor, images, texts, 12)
+    assert runner.generate(images, texts, 12, ignore_eos=True) == expected
+    assert len({tuple(t) for t in expected}) == len(expected)  # the prompts really differ
 
 
-def test_quantized_files_load_and_generate(tokenizer, tmp_path, capsys):
+def test_mmproj_image_embeddings_equal_get_image_features(shapes, tokenizer, tmp_path):
+    model_dir = save_lively_model(tokenizer, tmp_path / "student", seed=4)
+    export_gguf(model_dir, tmp_path / "gguf", ["f16"])
+    manifest = json.loads((tmp_path / "gguf" / "manifest.json").read_text())
+    assert manifest["vision"] == "mmproj-f16.gguf"
+    reader = gguf.GGUFReader(str(tmp_path / "gguf" / "mmproj-f16.gguf"))
+    assert reader.fields["general.architecture"].contents() == "clip"
+    assert reader.fields["clip.projector_type"].contents() == "mlp"
+    assert reader.fields["clip.use_gelu"].contents() is True
+    names = {t.name for t in reader.tensors}
+    assert {"mm.0.weight", "mm.2.weight", "v.patch_embd.weight", "v.blk.0.ffn_down.weight"} <= names
+    assert not any("post_ln" in n for n in names)  # LLaVA reads the tower before its post-layernorm
+    backend, runner = TorchBackend(model_dir), GgufLlava(tmp_path / "gguf", "f16")
+    images, _ = prompts(shapes, backend)
+    for image in images[:2]:
+        pixels = backend.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            features = backend.model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+        if isinstance(features, (list, tuple)):
+            features = torch.cat(list(features))
+        embeddings = runner.image_embeddings(image)
+        reference = features.reshape(embeddings.shape).numpy()
+        scale = np.abs(reference).max()
+        assert np.abs(embeddings - reference).max() < 1e-2 * scale  # f16 weights, f16 rounding
+
+
+@pytest.mark.parametrize("tower", ["clip", "siglip"])
+def test_mmproj_of_a_clip_tower_and_a_square_ffn(tmp_path, tokenizer, tower):
+    """A tower whose FFN is square, where llama.cpp's legacy up/down swap fires, read at its second-to-last
+    layer (LLaVA-1.5's choice); and LLaVA-1.5's CLIP tower, which the installed llama.cpp computes wrongly
+    (ggml-org/llama.cpp#25814): the export's own probe catches that and writes nothing."""
+    from PIL import Image
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    from tests.test_build_student import VISION, build_student, save_llm
+
+    torch.manual_seed(0)
+    config = {**VISION, "num_hidden_layers": 2, "intermediate_size": VISION["hidden_size"]}
+    vision = (
+        CLIPVisionModel(CLIPVisionConfig(**config))
+        if tower == "clip"
+        else SiglipVisionModel(SiglipVisionConfig(**config))
+    )
+    vision.save_pretrained(tmp_path / tower)
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    SiglipImageProcessorPil(
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(tmp_path / tower)
+    llm_path, _ = save_llm(tmp_path, tokenizer)
+    strategy = "default" if tower == "clip" else "full"
+    options = ["--strategy", strategy, "--feature-layer", "-2"]
+    model, processor = build_student(tmp_path / tower, llm_path, tmp_path / "student", *options)
+    if tower == "clip":
+        with pytest.raises(ExportError, match="llama.cpp#25814"):
+            export_gguf(tmp_path / "student", tmp_path / "gguf", ["f32"])
+        assert not (tmp_path / "gguf").exists()
+        return
+    export_gguf(tmp_path / "student", tmp_path / "gguf", ["f32"])
+    runner = GgufLlava(tmp_path / "gguf", "f32")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        features = model.get_image_features(pixel_values=pixels)
+    features = getattr(features, "pooler_output", features)
+    if isinstance(features, (list, tuple)):
+        features = torch.cat(list(features))
+    embeddings = runner.image_embeddings(image)
+    assert embeddings.shape == (4, model.config.get_text_config().hidden_size)
+    assert np.abs(embeddings - features.reshape(embeddings.shape).numpy()).max() < 2e-3
+
+
+def test_llama_cpp_python_chat_handler_answers_from_the_files(shapes, tokenizer, tmp_path):
+    model_dir = save_lively_model(tokenizer, tmp_path / "student", seed=4)
+    export_gguf(model_dir, tmp_path / "gguf", ["f32"])
+    runner = GgufLlava(tmp_path / "gguf", "f32", f32_cache=True)
+    llm = llama_cpp.Llama(
+        str(tmp_path / "gguf" / "model-f32.gguf"),
+        n_ctx=0,
+        type_k=0,
+        type_v=0,
+        verbose=False,
+        chat_handler=runner.chat_handler(),
+    )
+    backend = TorchBackend(model_dir)
+    images, texts = prompts(shapes, backend)
+    buffer = io.BytesIO()
+    images[0].save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    question = texts[0].split("<image>\n", 1)[1].split("<|im_end|>", 1)[0]
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
+    reply = llm.create_chat_completion(
+        messages=[{"role": "user", "content": content}],
+        temperature=0.0,
+        top_k=1,
+        repeat_penalty=1.0,
+        max_tokens=8,
+    )
+    assert reply["choices"][0]["message"]["content"].strip() == runner.answer(images[:1], texts[:1], 8)[0]
+
+
+QUANTIZED_RUN = """
+import sys
+from export.gguf_runner import GgufLlava
+from PIL import Image
+runner = GgufLlava(sys.argv[1], sys.argv[2])
+text = runner.processor.tokenizer.apply_chat_template(
+    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is there?"}]}],
+    tokenize=False, add_generation_prompt=True)
+print(len(runner.generate_one(Image.new("RGB", (64, 64), "red"), text, 4, ignore_eos=True)))
+"""
+
+
+def test_quantized_files_load_and_generate_in_a_fresh_process(tokenizer, tmp_path, capsys):
     model_dir = save_lively_model(tokenizer, tmp_path / "student", seed=4)
     assert main(["gguf", "--model", str(model_dir), "--out", str(tmp_path / "gguf")]) == 0
+    printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "gguf" / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"f16", "q8_0", "q4_k_m"}
-    for name in manifest["files"].values():
-        assert len(llama_greedy(tmp_path / "gguf" / name, [1, 2, 3], 4, f32_cache=False)) == 4
+    assert set(manifest["files"]) == {"f16", "q8_0", "q4_k_m"} and "mmproj-f16.gguf" in printed
+    for name in manifest["files"]:
+        done = subprocess.run(
+            [sys.executable, "-c", QUANTIZED_RUN, str(tmp_path / "gguf"), name],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, (
+            f"{name} died with status {done.returncode} (-4 is SIGILL: llama-cpp-python built with -march=native "
+            f"on a CPU that advertises AMX; rebuild it with the CMAKE_ARGS in the README)\n{done.stderr[-2000:]}"
+        )
+        assert done.stdout.strip().endswith("4")
     reader = gguf.GGUFReader(str(tmp_path / "gguf" / manifest["files"]["f16"]))
     assert reader.fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
-    assert "mmproj" in capsys.readouterr().out
 
 
-def test_unknown_type_is_refused_before_anything_is_written(student_dir, tmp_path):
+def test_bad_input_is_refused_before_anything_is_written(student_dir, tmp_path):
     with pytest.raises(ExportError, match="unknown GGUF type"):
         export_gguf(student_dir, tmp_path / "gguf", ["q3_x"])
     assert not (tmp_path / "gguf").exists()
+    config = json.loads((student_dir / "config.json").read_text())
+    config["vision_feature_select_strategy"] = "default"  # SigLIP has no class token for llama.cpp to drop
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for path in student_dir.iterdir():
+        (edited / path.name).write_bytes(path.read_bytes())
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="SigLIP tower with the 'full' strategy"):
+        export_gguf(edited, tmp_path / "gguf", ["f16"])
+    assert not (tmp_path / "gguf").exists()
 
 
-def test_bench_times_gguf_files_beside_pytorch_on_a_text_prompt(shapes, student_dir, tmp_path, capsys):
+def test_bench_times_gguf_files_beside_pytorch_on_image_prompts(shapes, student_dir, tmp_path, capsys):
     export_gguf(student_dir, tmp_path / "gguf", ["f16", "q8_0"])
-    args = [
-        "bench",
-        "--model",
-        str(student_dir),
-        "--export",
-        str(tmp_path / "gguf"),
-        "--data",
-        str(shapes / "test.json"),
-    ]
-    assert main([*args, "--new-tokens", "3", "--repeats", "1"]) == 0
+    args = ["bench", "--model", str(student_dir), "--export", str(tmp_path / "gguf")]
+    assert main([*args, "--data", str(shapes / "test.json"), "--new-tokens", "3", "--repeats", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "text only: a GGUF export is compared" in printed
+    assert "text only" not in printed
     assert "| gguf f16 (gguf) |" in printed and "| gguf q8_0 (gguf) |" in printed
+
+
+def test_check_compares_gguf_files_with_pytorch(shapes, student_dir, tmp_path, capsys):
+    export_gguf(student_dir, tmp_path / "gguf", ["f16", "q4_k_m"])
+    args = ["check", "--model", str(student_dir), "--export", str(tmp_path / "gguf")]
+    assert main([*args, "--data", str(shapes / "test.json"), "--prompts", "3", "--per-family", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| gguf f16 (gguf) |" in printed and "| gguf q4_k_m (gguf) |" in printed

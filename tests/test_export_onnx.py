@@ -76,6 +76,32 @@ def test_quantized_decoders_load_and_generate(shapes, tokenizer, tmp_path, capsy
     assert sizes["int4"] < sizes["int8"]
 
 
+def test_fp16_graphs_are_half_the_size_and_answer_like_pytorch(shapes, student_dir, tmp_path, capsys):
+    args = ["onnx", "--model", str(student_dir), "--out"]
+    assert main([*args, str(tmp_path / "fp16"), "--fp16"]) == 0
+    assert "ONNX export (fp16)" in capsys.readouterr().out
+    export_onnx(student_dir, tmp_path / "fp32")
+
+    import onnx
+
+    def float_weights(folder):
+        graph = onnx.load(str(folder / "decoder_model_merged.onnx")).graph
+        return {t.data_type: t.name for t in graph.initializer if len(t.dims) == 2}
+
+    assert set(float_weights(tmp_path / "fp16")) == {onnx.TensorProto.FLOAT16}
+    assert set(float_weights(tmp_path / "fp32")) == {onnx.TensorProto.FLOAT}
+    runner, backend = OnnxLlava(tmp_path / "fp16"), TorchBackend(student_dir)
+    assert runner.manifest["dtype"].startswith("float16")
+    images, texts = prompts(shapes, backend)
+    reference, mask = torch_prompt_logits(backend.model, backend.processor, images, texts)
+    logits, _ = runner.prompt_logits(images, texts)
+    real = mask.astype(bool)
+    assert abs(logits[real] - reference[real]).max() < 2e-2  # float16 rounding, not a different model
+    with pytest.raises(ExportError, match="does not combine with --quant int8"):
+        export_onnx(student_dir, tmp_path / "bad", "int8", fp16=True)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_check_prints_the_comparison_table(shapes, student_dir, tmp_path, capsys):
     export_onnx(student_dir, tmp_path / "onnx")
     args = [
