@@ -5,9 +5,10 @@
 
 Every format runs in its own process (so its peak RSS is its own) on the same image + question
 prompt from the held-out split: load the model (timed), one warm-up generation, then --repeats
-timed generations of exactly --new-tokens greedy tokens (end-of-sequence held back). Time to first
-token is the median time of a one-token generation (prompt + image through the model); decode
-speed is (new tokens - 1) / (time of the whole generation - time to first token). Peak RSS is the
+timed generations of exactly --new-tokens greedy tokens (end-of-sequence held back), each new token
+time-stamped as it is chosen. Time to first token is the median time from the call to the first
+token (image and prompt through the model); decode speed the median of (new tokens - 1) / (time from
+the first token to the last), both from the same generations. Peak RSS is the
 process's high-water mark, and "above imports" subtracts what the process held before loading the
 model (Python, torch, transformers). Ratios are against PyTorch fp32 measured in the same run.
 A GGUF export gives one row per language-model file (llama.cpp through llama-cpp-python, the image
@@ -52,17 +53,35 @@ def first_held_out_prompt(data: Path) -> tuple[Path, str]:
 
 
 def timed(generate: Any, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(median seconds to the first token, median seconds for `new_tokens`)."""
-    generate(new_tokens)  # warm-up
-    first = statistics.median(_seconds(generate, 1) for _ in range(repeats))
-    whole = statistics.median(_seconds(generate, new_tokens) for _ in range(repeats))
-    return first, whole
+    """(median seconds to the first token, median decode tokens/s after it).
+
+    `generate(tokens, mark)` must call `mark()` as each new token is chosen."""
+    generate(new_tokens, lambda: None)  # warm-up
+    firsts, rates = [], []
+    for _ in range(repeats):
+        marks: list[float] = []
+        start = time.perf_counter()
+        generate(new_tokens, lambda marks=marks: marks.append(time.perf_counter()))
+        if len(marks) != new_tokens:
+            raise RuntimeError(f"the generation made {len(marks)} tokens, not {new_tokens}")
+        firsts.append(marks[0] - start)
+        rates.append((new_tokens - 1) / max(marks[-1] - marks[0], 1e-9))
+    return statistics.median(firsts), statistics.median(rates)
 
 
-def _seconds(generate: Any, tokens: int) -> float:
-    start = time.perf_counter()
-    generate(tokens)
-    return time.perf_counter() - start
+class _Marker:
+    """A transformers streamer that calls `mark()` for each new token (its first put() is the prompt)."""
+
+    def __init__(self, mark: Any) -> None:
+        self.mark, self.prompt_seen = mark, False
+
+    def put(self, value: Any) -> None:
+        if self.prompt_seen:
+            self.mark()
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
 
 
 def chat_text(tokenizer_dir: Path, question: str) -> str:
@@ -105,16 +124,19 @@ def measure(
         inputs = processor(images=[image] if image else None, text=[text], return_tensors="pt")
 
         @torch.inference_mode()
-        def generate(tokens: int) -> None:
-            model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens)
+        def generate(tokens: int, mark: Any) -> None:
+            streamer = _Marker(mark)
+            model.generate(
+                **inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, streamer=streamer
+            )
     elif kind == "onnx":
         from export.onnx_runner import OnnxLlava
 
         runner = OnnxLlava(path, threads=threads)
         size = sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
 
-        def generate(tokens: int) -> None:
-            runner.generate([image], [text], tokens, ignore_eos=True)
+        def generate(tokens: int, mark: Any) -> None:
+            runner.generate([image], [text], tokens, ignore_eos=True, on_step=lambda _: mark())
     else:
         from export.gguf_runner import GgufLlava
 
@@ -123,16 +145,17 @@ def measure(
             (path / name).stat().st_size for name in (gguf.manifest["files"][gguf.quant], gguf.mmproj) if name
         )
 
-        def generate(tokens: int) -> None:
-            gguf.generate_one(image, text, tokens, ignore_eos=True)  # every call decodes the prompt afresh
+        def generate(tokens: int, mark: Any) -> None:
+            for _ in gguf.stream(image, text, tokens, ignore_eos=True):  # the prompt decoded afresh each call
+                mark()
 
     load_seconds = time.perf_counter() - start
-    first, whole = timed(generate, new_tokens, repeats)
+    first, rate = timed(generate, new_tokens, repeats)
     return {
         "size_mib": size / 2**20,
         "load_s": load_seconds,
         "first_token_s": first,
-        "decode_tokens_per_s": (new_tokens - 1) / max(whole - first, 1e-9),
+        "decode_tokens_per_s": rate,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_above_imports_mib": peak_rss_mib() - before,
     }

@@ -1,6 +1,6 @@
 """The vision tower + projector of a LLaVA checkpoint as the mmproj GGUF that llama.cpp's mtmd loads.
 
-    write_mmproj(model, processor, Path("exports/student-kd-gguf/mmproj-f16.gguf"), "f16")
+    write_mmproj(model, processor, Path("exports/student-kd-gguf/mmproj-f16.gguf"), "f16")   # or f32, q8_0
 
 The file is a `clip`-architecture GGUF with projector type `mlp` (LLaVA-1.5's two linear layers and
 a GELU: tensors mm.0 and mm.2), written with gguf-py under the names llama.cpp's
@@ -134,11 +134,21 @@ def swap_ffn_names_if_square(state: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return renamed
 
 
-def stored(array: np.ndarray, outtype: str) -> np.ndarray:
-    """f16 matrices and convolution kernels when asked; norms, biases and embeddings of one row stay f32."""
-    if outtype == "f16" and array.ndim >= 2:
-        return array.astype(np.float16)
-    return array.astype(np.float32)
+MMPROJ_TYPES = ("f32", "f16", "q8_0")
+
+
+def add_stored(writer: Any, name: str, array: np.ndarray, outtype: str) -> None:
+    """Norms, biases and class token in f32; the convolution kernel and position table in f16 unless f32
+    is asked; the matrices in the asked type (q8_0 by gguf-py's reference quantizer, which is llama.cpp's)."""
+    import gguf
+
+    if array.ndim < 2 or outtype == "f32":
+        writer.add_tensor(name, array.astype(np.float32))
+    elif outtype == "q8_0" and array.ndim == 2 and "position_embd" not in name and array.shape[1] % 32 == 0:
+        kind = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(name, gguf.quants.quantize(array.astype(np.float32), kind), raw_dtype=kind)
+    else:
+        writer.add_tensor(name, array.astype(np.float16))
 
 
 def write_mmproj(model: Any, processor: Any, out: Path, outtype: str = "f16") -> Path:
@@ -156,7 +166,8 @@ def write_mmproj(model: Any, processor: Any, out: Path, outtype: str = "f16") ->
         )
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
     writer.add_name(Path(out).stem)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    file_types = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+    writer.add_file_type(getattr(gguf.LlamaFileType, file_types[outtype]))
     writer.add_bool(gguf.Keys.Clip.HAS_VISION_ENCODER, True)
     writer.add_bool(gguf.Keys.Clip.HAS_LLAVA_PROJECTOR, True)
     writer.add_string(gguf.Keys.Clip.PROJECTOR_TYPE, "mlp")
@@ -173,7 +184,7 @@ def write_mmproj(model: Any, processor: Any, out: Path, outtype: str = "f16") ->
     writer.add_array(gguf.Keys.ClipVision.IMAGE_STD, [float(v) for v in image_processor.image_std])
     writer.add_bool(gguf.Keys.ClipVision.USE_GELU, TOWER_ACTIVATIONS[vision.hidden_act])
     for name, array in vision_state(model).items():
-        writer.add_tensor(name, stored(array, outtype))
+        add_stored(writer, name, array, outtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -13,6 +13,7 @@ reached an end-of-sequence token fed the pad token until every row is done.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +103,11 @@ class OnnxLlava:
         texts: list[str],
         max_new_tokens: int,
         ignore_eos: bool = False,
+        on_step: Callable[[list[int]], None] | None = None,
     ) -> list[list[int]]:
         """Greedy new tokens per prompt (end-of-sequence token excluded; with `ignore_eos`, exactly
         `max_new_tokens`, end-of-sequence never chosen, as generate's min_new_tokens does). `texts` are
-        chat-formatted."""
+        chat-formatted. `on_step` gets each step's chosen token per row as soon as it is chosen."""
         (logits, *past), mask = self.prompt_pass(images, texts)
         positions = mask.sum(-1, keepdims=True) - 1  # the last real token's position, per row
         batch = mask.shape[0]
@@ -117,6 +119,8 @@ class OnnxLlava:
                 last[:, sorted(self.eos_ids)] = -np.inf
             chosen = last.argmax(-1)
             chosen = np.where(done, self.pad_id, chosen)
+            if on_step is not None:
+                on_step(chosen.tolist())
             for row, token in enumerate(chosen.tolist()):
                 if done[row]:
                     continue

@@ -71,6 +71,25 @@ def test_mmproj_image_embeddings_equal_get_image_features(shapes, tokenizer, tmp
         assert np.abs(embeddings - reference).max() < 1e-2 * scale  # f16 weights, f16 rounding
 
 
+def test_q8_0_mmproj_is_smaller_and_still_verified(student_dir, tmp_path, capsys):
+    args = ["gguf", "--model", str(student_dir), "--quant", "q8_0", "--mmproj-type"]
+    assert main([*args, "q8_0", "--out", str(tmp_path / "q8")]) == 0
+    assert main([*args, "f16", "--out", str(tmp_path / "f16")]) == 0
+    assert "mmproj-q8_0.gguf" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "q8" / "manifest.json").read_text())
+    assert manifest["vision"] == "mmproj-q8_0.gguf" and 0 < manifest["vision_relative_error"] < 0.05
+    reader = gguf.GGUFReader(str(tmp_path / "q8" / "mmproj-q8_0.gguf"))
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["mm.0.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert kinds["v.patch_embd.weight"] == gguf.GGMLQuantizationType.F16
+    f16 = gguf.GGUFReader(str(tmp_path / "f16" / "mmproj-f16.gguf"))
+    nbytes = [{t.name: t.n_bytes for t in r.tensors}["mm.0.weight"] for r in (reader, f16)]
+    assert nbytes[0] < 0.6 * nbytes[1]  # 34 bytes per 32 weights against 64
+    with pytest.raises(ExportError, match="unknown mmproj type 'q4'"):
+        export_gguf(student_dir, tmp_path / "bad", ["q8_0"], "q4")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("tower", ["clip", "siglip"])
 def test_mmproj_of_a_clip_tower_and_a_square_ffn(tmp_path, tokenizer, tower):
     """A tower whose FFN is square, where llama.cpp's legacy up/down swap fires, read at its second-to-last
