@@ -150,6 +150,7 @@ def manifest(model: Any, model_dir: Path, quant: str) -> dict[str, Any]:
         "hidden_size": text.hidden_size,
         "vocab_size": text.vocab_size,
         "num_layers": text.num_hidden_layers,
+        "context_length": text.max_position_embeddings,
         "num_kv_heads": kv_heads,
         "head_dim": head_dim,
         "inputs": {

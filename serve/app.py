@@ -1,0 +1,306 @@
+"""The OpenAI-compatible HTTP API over one engine (serve/engines.py), as a FastAPI app.
+
+    app = create_app(open_engine("runs/tiny/student-kd/final"), Settings(api_key="secret"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)        # what `python -m serve` does
+
+POST /v1/chat/completions (text and image_url parts; `stream: true` as server-sent events ending with
+[DONE], the first chunk sent with the first token; usage and `timings` {ttft_ms, tokens_per_s,
+total_ms} in every reply), GET /v1/models, GET /health, GET /metrics (Prometheus). The engine answers
+one request at a time; up to `max_queue` more wait, and the next gets 429. Every refusal is an
+OpenAI-style error body naming the limit: 413 for a body, image or pixel count over its limit, 400
+for malformed JSON, a bad field, bad base64, bytes that are no image, too many images, max_tokens
+over the cap or a prompt that leaves no room in the context, 401 for a missing or wrong API key.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.engines import Engine
+from serve.errors import ApiError, error_body
+from serve.generation import Completion
+from serve.images import ImageLimits, read_image
+from serve.metrics import Metrics
+from serve.protocol import ChatRequest, template_messages
+from serve.sampling import Sampler
+
+
+@dataclass
+class Settings:
+    api_key: str | None = None
+    max_request_bytes: int = 20 * 2**20
+    images: ImageLimits = field(default_factory=ImageLimits)
+    max_images: int = 1
+    max_tokens_cap: int = 1024
+    default_max_tokens: int = 256
+    max_queue: int = 16
+
+
+class Gate:
+    """One request in the engine at a time, at most `max_queue` waiting; beyond that, 429."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.engine_lock = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.admitted = 0
+        self.limit = max_queue + 1
+
+    def admit(self) -> None:
+        with self.count_lock:
+            if self.admitted >= self.limit:
+                raise ApiError(
+                    429,
+                    f"the server is busy: {self.admitted} requests running or queued (limit {self.limit})",
+                    code="rate_limit_exceeded",
+                )
+            self.admitted += 1
+
+    def leave(self) -> None:
+        with self.count_lock:
+            self.admitted -= 1
+
+
+def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    gate = Gate(settings.max_queue)
+    metrics = Metrics()
+    app = FastAPI(title="edge-llava serve", version="1.0", description=__doc__.split("\n\n")[0])
+    app.state.engine, app.state.settings, app.state.metrics, app.state.gate = engine, settings, metrics, gate
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        metrics.error(error.status)
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        metrics.error(400)
+        return JSONResponse(error_body(400, describe(error.errors())), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        metrics.error(error.status_code)
+        return JSONResponse(error_body(error.status_code, str(error.detail)), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, error: Exception) -> JSONResponse:
+        metrics.error(500)
+        return JSONResponse(error_body(500, f"internal error: {type(error).__name__}"), status_code=500)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), settings.api_key):
+            raise ApiError(
+                401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
+            )
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.name, "backend": engine.backend}
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {
+            "object": "list",
+            "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "local"}],
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                    }
+                },
+            }
+        },
+    )
+    async def chat(request: Request) -> Any:
+        started = time.perf_counter()
+        authorize(request)
+        body = await read_body(request, settings.max_request_bytes)
+        try:
+            chat_request = ChatRequest.model_validate_json(body)
+        except ValidationError as error:
+            raise ApiError(400, describe(error.errors(include_url=False))) from None
+        prompt, sampler, max_tokens = await run_in_threadpool(prepare, engine, settings, chat_request)
+        gate.admit()
+        completion = Completion(engine, prompt, sampler, max_tokens, chat_request.stop_strings(), started)
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if chat_request.stream:
+            return StreamingResponse(
+                stream_events(completion, gate, metrics, reply_id, created, engine.name),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        try:
+            text = await run_in_threadpool(complete, completion, gate)
+        finally:
+            gate.leave()
+        metrics.completed(completion)
+        return {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": engine.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": completion.finish_reason,
+                }
+            ],
+            "usage": completion.usage(),
+            "timings": completion.timings(),
+        }
+
+    app.openapi_schema = None
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = original_openapi()
+        definitions = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}").pop(
+            "$defs", {}
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        return schema
+
+    app.openapi = openapi
+    return app
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            f"request body is {int(declared):,} bytes, over the limit of {limit:,}",
+            code="request_too_large",
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(
+                413, f"request body is over the limit of {limit:,} bytes", code="request_too_large"
+            )
+    return bytes(body)
+
+
+def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[Any, Sampler, int]:
+    """Images read, prompt rendered and measured against the context, limits checked: before any queueing."""
+    try:
+        messages, urls = template_messages(request, engine.image_text)
+    except ValueError as error:
+        raise ApiError(400, str(error), "messages") from None
+    if len(urls) > settings.max_images:
+        raise ApiError(
+            400, f"{len(urls)} images in the request; the limit is {settings.max_images}", "messages"
+        )
+    images = [read_image(url, settings.images) for url in urls]
+    try:
+        prompt = engine.prompt(messages, images)
+    except Exception as error:  # a template that refuses the roles, an image placeholder typed as text
+        raise ApiError(400, f"the messages cannot be rendered: {error}", "messages") from None
+    requested = request.requested_tokens()
+    if requested is not None and requested > settings.max_tokens_cap:
+        raise ApiError(
+            400, f"max_tokens {requested} is over the server's cap of {settings.max_tokens_cap}", "max_tokens"
+        )
+    max_tokens = requested or settings.default_max_tokens
+    room = engine.context - prompt.tokens
+    if room < 1:
+        raise ApiError(
+            400,
+            f"the prompt is {prompt.tokens} tokens; the model's context is {engine.context}",
+            "messages",
+            "context_length_exceeded",
+        )
+    if requested is not None and requested > room:
+        raise ApiError(
+            400,
+            f"prompt ({prompt.tokens} tokens) + max_tokens ({requested}) exceeds the context of {engine.context}",
+            "max_tokens",
+            "context_length_exceeded",
+        )
+    max_tokens = min(max_tokens, room)
+    try:
+        sampler = Sampler(request.temperature, request.top_p, request.seed)
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
+    return prompt, sampler, max_tokens
+
+
+def complete(completion: Completion, gate: Gate) -> str:
+    with gate.engine_lock:
+        return "".join(completion)
+
+
+def stream_events(
+    completion: Completion, gate: Gate, metrics: Metrics, reply_id: str, created: int, model: str
+) -> Iterator[str]:
+    """Server-sent events: one chunk per piece of text (the first carries the role), a last chunk with the
+    finish reason, usage and timings, then [DONE]. Runs in Starlette's thread pool."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {
+            "id": reply_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        with gate.engine_lock:
+            first = True
+            for text in completion:
+                yield chunk({"role": "assistant", "content": text} if first else {"content": text})
+                first = False
+            if first:
+                yield chunk({"role": "assistant", "content": ""})
+        yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
+        metrics.completed(completion)
+        yield "data: [DONE]\n\n"
+    except Exception as error:  # the status line is gone: report in the stream, then end it
+        metrics.error(500)
+        yield f"data: {json.dumps(error_body(500, f'generation failed: {type(error).__name__}'))}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        gate.leave()
+
+
+def describe(errors: Any) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts[:5])

@@ -1,0 +1,214 @@
+"""One interface over three back ends: chat messages with images in, a stream of text pieces out.
+
+    engine = open_engine("runs/tiny/student-kd/final")                 # torch (a checkpoint folder)
+    engine = open_engine("exports/student-kd-onnx-int4")               # ONNX Runtime (an ONNX export)
+    engine = open_engine("exports/student-kd-gguf", quant="q4_k_m")    # llama.cpp (a GGUF export)
+    prompt = engine.prompt([{"role": "user", "content": "<image>\\nWhat is it?"}], [image])
+    for piece in engine.stream(prompt, Sampler(temperature=0), max_tokens=32):
+        print(piece.text, end="")
+
+Each back end gives two things: the next-token logits after a prompt (`start`) and after one more
+token (`step`), against its own key/value cache — transformers' DynamicCache, the ONNX decoder's
+present/past tensors (export/onnx_runner.py), llama.cpp's context (export/gguf_runner.py). The loop
+that samples (serve/sampling.py), stops at the end-of-turn tokens and turns token ids into text
+pieces is shared, so the three answer alike. One engine serves one request at a time (the server
+serialises calls); the prompt is rendered by the checkpoint's own chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from serve.sampling import Sampler
+
+BACKENDS = ("torch", "onnx", "llama.cpp")
+
+
+@dataclass
+class Prompt:
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+    tokens: int = 0  # prompt length in tokens, image tokens included
+
+
+@dataclass
+class Piece:
+    text: str
+    token_id: int
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop" (end of turn) or "length" (max_tokens reached)
+    completion_tokens: int
+
+
+class Engine:
+    """Shared parts: prompt rendering, the sampling loop, incremental detokenisation."""
+
+    backend = ""
+
+    def __init__(self, path: Path, processor: Any, eos_ids: set[int], context: int) -> None:
+        self.path, self.processor, self.eos_ids, self.context = path, processor, eos_ids, context
+        self.tokenizer = processor.tokenizer
+        self.image_text = processor.image_token
+        self.name = path.name if path.name not in ("final", "") else path.parent.name
+        self.last_finish: Finish | None = None
+
+    def prompt(self, messages: list[dict[str, str]], images: list[Image.Image]) -> Prompt:
+        """Render chat messages (string contents, one `<image>` per image) and count the prompt's tokens."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(self.image_text) != len(images):
+            raise ValueError(f"{text.count(self.image_text)} image placeholders for {len(images)} images")
+        per_image = self.image_tokens()
+        count = len(self.tokenizer(text, add_special_tokens=False).input_ids) + len(images) * (per_image - 1)
+        return Prompt(text, images, count)
+
+    def image_tokens(self) -> int:
+        """Tokens one image takes in the prompt, as the processor expands `<image>`."""
+        size = self.processor.image_processor.size["height"]
+        count = (size // self.processor.patch_size) ** 2 + self.processor.num_additional_image_tokens
+        return count - (1 if self.processor.vision_feature_select_strategy == "default" else 0)
+
+    def stream(self, prompt: Prompt, sampler: Sampler, max_tokens: int) -> Iterator[Piece]:
+        """Sample up to max_tokens new tokens; yield text as soon as it is complete UTF-8."""
+        logits = self.start(prompt)
+        tokens: list[int] = []
+        emitted = ""
+        self.last_finish = Finish("length", 0)
+        for step in range(max_tokens):
+            token = sampler(logits)
+            if token in self.eos_ids:
+                self.last_finish = Finish("stop", len(tokens))
+                return
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # a multi-byte character still incomplete
+                yield Piece(text[len(emitted) :], token)
+                emitted = text
+            self.last_finish = Finish("length", len(tokens))
+            if step + 1 < max_tokens:
+                logits = self.step(token)
+
+    def start(self, prompt: Prompt) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, token: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchEngine(Engine):
+    backend = "torch"
+
+    def __init__(self, path: Path, dtype: str = "float32", device: str | None = None) -> None:
+        from distill.modeling import load_llava
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, processor = load_llava(path, dtype, device=self.device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        text = self.model.config.get_text_config()
+        super().__init__(
+            path, processor, set(eos if isinstance(eos, list) else [eos]), text.max_position_embeddings
+        )
+        self.past: Any = None
+
+    @torch.inference_mode()
+    def start(self, prompt: Prompt) -> np.ndarray:
+        inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
+        output = self.model(**inputs.to(self.device), use_cache=True, logits_to_keep=1)
+        self.past = output.cache if hasattr(output, "cache") else output.past_key_values
+        return output.logits[0, -1].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def step(self, token: int) -> np.ndarray:
+        ids = torch.tensor([[token]], device=self.device)
+        output = self.model(input_ids=ids, cache=self.past, use_cache=True)
+        self.past = output.cache if hasattr(output, "cache") else output.past_key_values
+        return output.logits[0, -1].float().cpu().numpy()
+
+
+class OnnxEngine(Engine):
+    backend = "onnx"
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        from export.onnx_runner import OnnxLlava
+
+        self.runner = OnnxLlava(path, threads=threads)
+        context = self.runner.manifest.get("context_length")
+        if context is None:
+            raise ValueError(
+                f"{path}: the manifest has no context_length (re-export with python -m export onnx)"
+            )
+        super().__init__(path, self.runner.processor, self.runner.eos_ids, int(context))
+        self.state: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
+
+    def start(self, prompt: Prompt) -> np.ndarray:
+        (logits, *past), mask = self.runner.prompt_pass(prompt.images or [None], [prompt.text])
+        self.state = (past, mask, mask.sum(-1, keepdims=True) - 1)
+        return logits[0, -1]
+
+    def step(self, token: int) -> np.ndarray:
+        past, mask, positions = self.state
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+        positions = positions + 1
+        logits, *past = self.runner.decode(self.runner.embed(np.array([[token]])), mask, positions, past)
+        self.state = (past, mask, positions)
+        return logits[0, -1]
+
+
+class LlamaCppEngine(Engine):
+    backend = "llama.cpp"
+
+    def __init__(self, path: Path, quant: str | None = None, threads: int | None = None) -> None:
+        from export.gguf_runner import GgufLlava
+
+        self.runner = GgufLlava(path, quant, threads=threads)
+        super().__init__(path, self.runner.processor, self.runner.eos_ids, self.runner.llm.n_ctx())
+        self.name = f"{self.name}-{self.runner.quant}"
+
+    def start(self, prompt: Prompt) -> np.ndarray:
+        if len(prompt.images) > 1:
+            raise ValueError("the llama.cpp back end takes one image per request")
+        return self.runner.prompt_pass(prompt.images[0] if prompt.images else None, prompt.text)
+
+    def step(self, token: int) -> np.ndarray:
+        self.runner.llm.eval([token])
+        return self.runner.last_logits()
+
+
+def detect_backend(path: Path) -> str:
+    """torch for a checkpoint folder (config.json), else what an export's manifest.json says."""
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        return "llama.cpp" if json.loads(manifest.read_text()).get("format") == "llava-gguf" else "onnx"
+    if (path / "config.json").is_file():
+        return "torch"
+    raise FileNotFoundError(f"{path}: neither a checkpoint (config.json) nor an export (manifest.json)")
+
+
+def open_engine(
+    path: str | Path, backend: str | None = None, quant: str | None = None, threads: int | None = None
+) -> Engine:
+    path = Path(path)
+    found = detect_backend(path)
+    backend = backend or found
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != found:
+        raise ValueError(f"{path} is a {found} model; the {backend} back end cannot load it")
+    if backend == "torch":
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchEngine(path)
+    if backend == "onnx":
+        return OnnxEngine(path, threads or 0)
+    return LlamaCppEngine(path, quant, threads)

@@ -1,0 +1,72 @@
+"""The OpenAI chat-completions request, read into the engine's terms (serve/engines.py).
+
+    request = ChatRequest.model_validate_json(body)
+    messages, image_urls = template_messages(request, image_text="<image>")
+
+Content parts of type `image_url` become the checkpoint's image placeholder ("<image>\\n" before the
+text, as the training data has it); `text` parts are joined. Unknown fields are ignored, as OpenAI's
+API ignores them; wrong types and out-of-range values are refused with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageUrl(BaseModel):
+    url: str = Field(min_length=1)
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | str | None = None
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool = False
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def template_messages(request: ChatRequest, image_text: str) -> tuple[list[dict[str, str]], list[str]]:
+    """(messages with string contents for the chat template, the image URLs in order)."""
+    messages, urls = [], []
+    for message in request.messages:
+        if message.content is None or isinstance(message.content, str):
+            messages.append({"role": message.role, "content": message.content or ""})
+            continue
+        images, texts = [], []
+        for part in message.content:
+            if part.type == "image_url":
+                if part.image_url is None:
+                    raise ValueError("an image_url part needs an image_url")
+                urls.append(part.image_url if isinstance(part.image_url, str) else part.image_url.url)
+                images.append(f"{image_text}\n")
+            else:
+                texts.append(part.text or "")
+        messages.append({"role": message.role, "content": "".join(images) + "".join(texts)})
+    return messages, urls

@@ -1,0 +1,238 @@
+"""serve/: the three engines answer alike; the OpenAI-compatible app works with the official client,
+streams, counts, times and refuses bad input with OpenAI-style errors; schemathesis finds no 5xx."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from serve.app import Settings, create_app
+from serve.engines import open_engine
+from serve.generation import held_back
+from serve.images import ImageLimits
+from serve.sampling import Sampler
+
+QUESTION = "What color is the circle?"
+
+
+def data_url(image, kind="PNG"):
+    buffer = io.BytesIO()
+    image.save(buffer, kind)
+    return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_message(url, text=QUESTION):
+    return {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+    }
+
+
+@pytest.fixture(scope="module")
+def picture(shapes):
+    return Image.open(next((shapes / "images" / "test").glob("*.png"))).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def engine(student_dir):
+    return open_engine(student_dir)
+
+
+def client_for(engine, **settings):
+    return TestClient(create_app(engine, Settings(**settings)))
+
+
+def test_sampler_is_greedy_at_zero_reproducible_with_a_seed_and_keeps_the_nucleus():
+    logits = np.array([0.0, 3.0, 2.9, -5.0])
+    assert Sampler(0.0)(logits) == 1
+    draws = [Sampler(1.0, seed=7)(logits) for _ in range(3)]
+    assert len(set(draws)) == 1
+    nucleus = Sampler(1.0, top_p=0.5, seed=0)
+    assert {nucleus(logits) for _ in range(50)} == {1}  # token 1 alone holds half the mass
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(1.0, top_p=0.0)
+
+
+def test_stop_strings_hold_back_only_what_could_still_become_a_stop():
+    assert held_back("the end.\n", ["\n\n"]) == 1
+    assert held_back("the end", ["\n\n", "END"]) == 0
+    assert held_back("a <|st", ["<|stop|>"]) == 4
+
+
+@pytest.mark.parametrize("export", ["onnx", "gguf"])
+def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_path, export):
+    if export == "onnx":
+        from export.onnx_export import export_onnx
+
+        folder = export_onnx(student_dir, tmp_path / "onnx")
+    else:
+        pytest.importorskip("llama_cpp")
+        from export.gguf_export import export_gguf
+
+        export_gguf(student_dir, tmp_path / "gguf", ["f32"])
+        folder = tmp_path / "gguf"
+    other = open_engine(folder)
+    messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
+    for sampler in (lambda: Sampler(0.0), lambda: Sampler(1.0, 0.9, seed=3)):
+        expected = [p.token_id for p in engine.stream(engine.prompt(messages, [picture]), sampler(), 8)]
+        got = [p.token_id for p in other.stream(other.prompt(messages, [picture]), sampler(), 8)]
+        assert got == expected
+    assert other.prompt(messages, [picture]).tokens == engine.prompt(messages, [picture]).tokens
+
+
+def test_the_official_openai_client_works_unchanged(engine, picture):
+    from openai import OpenAI
+
+    client = OpenAI(
+        base_url="http://testserver/v1", api_key="secret", http_client=client_for(engine, api_key="secret")
+    )
+    [model] = client.models.list().data
+    reply = client.chat.completions.create(
+        model=model.id, messages=[image_message(data_url(picture))], temperature=0, max_tokens=6
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens >= 1 and reply.usage.prompt_tokens > 16
+    assert reply.model_extra["timings"]["ttft_ms"] > 0
+    chunks = list(
+        client.chat.completions.create(
+            model=model.id,
+            messages=[image_message(data_url(picture))],
+            temperature=0,
+            max_tokens=6,
+            stream=True,
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == reply.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_stream_ends_with_done_and_a_stop_string_cuts_the_text(engine, picture):
+    client = client_for(engine)
+    body = {"messages": [image_message(data_url(picture))], "temperature": 0, "max_tokens": 12}
+    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert len(full) > 2
+    stop = full[1:3]
+    cut = client.post("/v1/chat/completions", json={**body, "stop": stop}).json()
+    assert cut["choices"][0]["message"]["content"] == full[: full.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    events = client.post("/v1/chat/completions", json={**body, "stream": True}).text.strip().split("\n\n")
+    assert events[-1] == "data: [DONE]"
+    final = json.loads(events[-2].removeprefix("data: "))
+    assert final["usage"]["total_tokens"] > 0 and "tokens_per_s" in final["timings"]
+
+
+def test_models_health_and_metrics(engine, picture):
+    client = client_for(engine)
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/v1/models").json()["data"][0]["id"] == engine.name
+    client.post(
+        "/v1/chat/completions", json={"messages": [image_message(data_url(picture))], "max_tokens": 3}
+    )
+    client.post("/v1/chat/completions", content=b"{not json")
+    text = client.get("/metrics").text
+    assert "serve_requests_total 1.0" in text and 'serve_errors_total{status="400"} 1.0' in text
+    assert "serve_ttft_seconds_count 1.0" in text
+
+
+def bomb_png():
+    """A PNG whose header says 20000 x 20000 pixels (a few hundred KB compressed, 1.2 GB decoded)."""
+    buffer = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "words"),
+    [
+        (lambda b: {**b, "max_tokens": 5000}, 400, "cap of 1024"),
+        (lambda b: {**b, "messages": [image_message("data:image/png;base64,%%%")]}, 400, "not valid base64"),
+        (
+            lambda b: {
+                **b,
+                "messages": [image_message("data:image/png;base64," + base64.b64encode(b"hello").decode())],
+            },
+            400,
+            "not a readable image",
+        ),
+        (
+            lambda b: {**b, "messages": [image_message("http://example.com/a.png")]},
+            400,
+            "--allow-remote-images",
+        ),
+        (lambda b: {**b, "messages": [image_message("file:///etc/passwd")]}, 400, "--allow-local-images"),
+        (lambda b: {**b, "messages": [image_message(bomb_png())]}, 413, "16,777,216 pixels"),
+        (lambda b: {**b, "temperature": -1}, 400, "temperature"),
+        (lambda b: {**b, "messages": []}, 400, "messages"),
+        (
+            lambda b: {**b, "messages": [{**b["messages"][0], "content": b["messages"][0]["content"] * 2}]},
+            400,
+            "limit is 1",
+        ),
+        (lambda b: {**b, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "context"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(engine, picture, change, status, words):
+    client = client_for(engine)
+    body = {"messages": [image_message(data_url(picture))], "max_tokens": 4}
+    response = client.post("/v1/chat/completions", json=change(body))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert words in error["message"] and error["type"]
+
+
+def test_size_key_and_queue_limits(engine, picture):
+    client = client_for(engine, max_request_bytes=1000, images=ImageLimits(max_bytes=100))
+    assert client.post("/v1/chat/completions", content=b"x" * 2000).status_code == 413
+    small = client_for(engine, images=ImageLimits(max_bytes=100))
+    answer = small.post("/v1/chat/completions", json={"messages": [image_message(data_url(picture))]})
+    assert answer.status_code == 413 and "over the limit of 100" in answer.json()["error"]["message"]
+    locked = client_for(engine, api_key="k")
+    assert locked.get("/v1/models").status_code == 401
+    assert locked.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    app = create_app(engine, Settings(max_queue=0))
+    app.state.gate.admit()  # one request already in the engine, none may wait
+    busy = TestClient(app).post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_local_images_when_allowed(engine, picture, tmp_path):
+    picture.save(tmp_path / "p.png")
+    client = client_for(engine, images=ImageLimits(allow_local=True))
+    body = {"messages": [image_message((tmp_path / "p.png").as_uri())], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_schemathesis_finds_no_server_error(engine):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    app = create_app(engine, Settings(max_tokens_cap=4, default_max_tokens=2))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(o.method.upper(), o.path) for o in operations} >= {
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/metrics"),
+    }
+    for operation in operations:
+
+        @settings(
+            max_examples=40,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        @given(operation.as_strategy())
+        def no_server_error(case):
+            response = case.call()
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+
+        no_server_error()
