@@ -3,6 +3,7 @@
     python -m serve --model runs/tiny/student-kd/final                       # torch
     python -m serve --model exports/student-kd-gguf --quant q4_k_m --port 8001  # llama.cpp
     python -m serve --model exports/student-kd-onnx-int4 --api-key secret      # ONNX Runtime
+    python -m serve bench --models A B ...                                    # see serve/bench.py
 
 The back end follows from the folder (a checkpoint, an ONNX export, a GGUF export); --backend
 names it explicitly and refuses a folder of another kind. Then, with the official client:
@@ -64,6 +65,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     import uvicorn
 
@@ -78,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving {engine.name} ({engine.backend}) on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(create_app(engine, settings_from(args)), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def bench(argv: list[str]) -> int:
+    from serve import bench as module
+
+    parser = argparse.ArgumentParser(
+        prog="python -m serve bench", description=module.__doc__.split("\n\n")[0]
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return module.run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"serve bench: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ over the cap or a prompt that leaves no room in the context, 401 for a missing o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +53,13 @@ class Settings:
 
 
 class Gate:
-    """One request in the engine at a time, at most `max_queue` waiting; beyond that, 429."""
+    """One request in the engine at a time, at most `max_queue` waiting; beyond that, 429.
+
+    Every engine call runs on one dedicated thread: the queue is that thread's, and the runtimes'
+    thread pools (OpenMP for torch and llama.cpp) are built once, not once per calling thread."""
 
     def __init__(self, max_queue: int) -> None:
-        self.engine_lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.count_lock = threading.Lock()
         self.admitted = 0
         self.limit = max_queue + 1
@@ -72,6 +77,38 @@ class Gate:
     def leave(self) -> None:
         with self.count_lock:
             self.admitted -= 1
+
+    async def complete(self, completion: Completion) -> str:
+        return await asyncio.wrap_future(self.executor.submit(lambda: "".join(completion)))
+
+    async def stream(self, completion: Completion) -> AsyncIterator[str]:
+        """Text pieces as the engine thread makes them; a client that goes away stops the generation."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                for text in completion:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+                    if cancelled.is_set():
+                        break
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            except Exception as error:  # reported in the stream by the caller
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", error))
+
+        self.executor.submit(produce)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            cancelled.set()
 
 
 def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
@@ -160,7 +197,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
                 headers={"Cache-Control": "no-cache"},
             )
         try:
-            text = await run_in_threadpool(complete, completion, gate)
+            text = await gate.complete(completion)
         finally:
             gate.leave()
         metrics.completed(completion)
@@ -257,16 +294,11 @@ def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[A
     return prompt, sampler, max_tokens
 
 
-def complete(completion: Completion, gate: Gate) -> str:
-    with gate.engine_lock:
-        return "".join(completion)
-
-
-def stream_events(
+async def stream_events(
     completion: Completion, gate: Gate, metrics: Metrics, reply_id: str, created: int, model: str
-) -> Iterator[str]:
+) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text (the first carries the role), a last chunk with the
-    finish reason, usage and timings, then [DONE]. Runs in Starlette's thread pool."""
+    finish reason, usage and timings, then [DONE]."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
@@ -280,13 +312,12 @@ def stream_events(
         return f"data: {json.dumps(body)}\n\n"
 
     try:
-        with gate.engine_lock:
-            first = True
-            for text in completion:
-                yield chunk({"role": "assistant", "content": text} if first else {"content": text})
-                first = False
-            if first:
-                yield chunk({"role": "assistant", "content": ""})
+        first = True
+        async for text in gate.stream(completion):
+            yield chunk({"role": "assistant", "content": text} if first else {"content": text})
+            first = False
+        if first:
+            yield chunk({"role": "assistant", "content": ""})
         yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
         metrics.completed(completion)
         yield "data: [DONE]\n\n"

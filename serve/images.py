@@ -29,6 +29,13 @@ class ImageLimits:
     allow_local: bool = False
 
 
+def to_data_url(image: Image.Image) -> str:
+    """An image as the PNG data: URL a chat request carries (the clients' side: demo, bench)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def read_image(url: str, limits: ImageLimits) -> Image.Image:
     return decode_image(image_bytes(url, limits), limits)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends (Linux)
         self.requests = Counter("serve_requests_total", "finished chat completions", registry=self.registry)
         self.errors = Counter(
             "serve_errors_total", "refused or failed requests", ["status"], registry=self.registry

@@ -37,6 +37,27 @@ def test_compose_train_service_runs_the_train_script_on_gpus():
     assert {"/workspace/kit/data", "/workspace/kit/runs"} <= mounts
 
 
+def test_compose_serve_services_run_the_api_on_cpu_and_on_a_gpu_profile_and_bench_runs_serve_bench():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("serve", "serve-gpu"):
+        command = services[name]["command"][-1]
+        assert command.startswith("python -m serve --model $${SERVE_MODEL} --host 0.0.0.0 --port 8000")
+        assert services[name]["ports"] == ["${SERVE_PORT:-8000}:8000"]
+        assert services[name]["image"] == services["train"]["image"]
+    assert "deploy" not in services["serve"] and services["serve-gpu"]["profiles"] == ["gpu"]
+    assert services["serve-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert "/workspace/kit/exports" in {v.split(":")[1] for v in services["serve"]["volumes"]}
+    assert services["bench"]["command"][-1].startswith("python -m serve bench --models $${BENCH_MODELS}")
+    default = services["bench"]["environment"]["BENCH_MODELS"]
+    assert default == "${BENCH_MODELS:-runs/tiny/student-kd/final runs/tiny/teacher/final}"
+    assert "serve,demo" in (ROOT / "docker" / "Dockerfile").read_text().split("pip install")[1].split("\n")[0]
+    assert services["demo"]["command"][-1].startswith(
+        "python -m demo $${DEMO_ARGS} --host 0.0.0.0 --port 7860"
+    )
+    assert services["demo"]["ports"] == ["${DEMO_PORT:-7860}:7860"]
+
+
 def test_dockerfile_builds_on_a_cuda_pytorch_base_and_installs_the_kit():
     instructions = dockerfile_instructions(ROOT / "docker" / "Dockerfile")
     kinds = [kind for kind, _ in instructions]

@@ -1,0 +1,381 @@
+"""`python -m serve bench`: time to first token, decode speed, latency and peak memory per model and back end.
+
+    python -m serve bench --models runs/tiny/student-kd/final runs/tiny/teacher/final --out runs/serve-bench
+    python -m serve bench --models exports/student-kd-gguf --quant q4_k_m          # a GGUF export on llama.cpp
+    python -m serve bench --url http://127.0.0.1:8000 --concurrency 16 --requests 200   # load on a server
+
+Engine mode: each model (a checkpoint, or an ONNX / GGUF export: the back end follows, or --backends
+names them for checkpoints) runs in its own process, so its peak memory is its own (RSS on CPU, CUDA
+peak allocated on GPU). Three warm-up completions, then --requests completions of exactly --new-tokens greedy tokens
+on one image + question: TTFT and decode speed (medians; each token time-stamped as it is chosen),
+end-to-end latency p50 / p95. Then the same process serves the model over HTTP (the real app on
+uvicorn, a local port) and the same requests stream through it, so "API TTFT / engine TTFT" is the
+server's own overhead. Ratios are against the first model, measured in the same run. LLaVA-1.5-7B is
+one of the models when its llava-hf checkpoint folder is given; on CPU without it, the tiny teacher
+stands in. Writes bench.json, bench.md and bench.png to --out.
+
+Load mode: --concurrency clients send --requests streaming completions to a running server; prints
+throughput, latency percentiles, errors, and the server's resident memory (from its /metrics) after a
+warm-up and after the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from distill.staging import save_figure, write_text_atomic
+
+DEFAULT_MODELS = [Path("runs/tiny/student-kd/final"), Path("runs/tiny/teacher/final")]
+QUESTION = "What color is the circle? Describe the picture."
+WARM_UP = (
+    3  # untimed completions first: the first calls of a runtime (and of a fresh HTTP connection) are slow
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def probe_image(data: Path) -> Any:
+    from PIL import Image
+
+    from export.bench import first_held_out_prompt
+
+    return Image.open(first_held_out_prompt(data)[0]).convert("RGB")
+
+
+def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:
+    """The benchmark's chat request: the image as a data: URL, the question, greedy, streamed."""
+    from serve.images import to_data_url
+
+    content = [
+        {"type": "image_url", "image_url": {"url": to_data_url(image)}},
+        {"type": "text", "text": QUESTION},
+    ]
+    return {
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": new_tokens,
+        "stream": True,
+    }
+
+
+def peak_memory_mib(before_load: float) -> tuple[float, str]:
+    """CUDA peak allocated on a GPU; on CPU the peak RSS above what the process held before loading the
+    model (Python, torch, transformers: the same for every model, so the ratios are the models')."""
+    import torch
+
+    from export.bench import peak_rss_mib
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20, "CUDA peak allocated"
+    return peak_rss_mib() - before_load, "peak RSS above imports"
+
+
+def engine_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> dict[str, list[float]]:
+    """Timed from the chat messages: the prompt is rendered and measured inside the timing, as the API does."""
+    from serve.sampling import Sampler
+
+    messages = [{"role": "user", "content": f"{engine.image_text}\n{QUESTION}"}]
+    ignore_eos = set(engine.eos_ids)
+    engine.eos_ids = set()  # exactly new_tokens per completion
+    try:
+        ttft, speed, latency = [], [], []
+        for index in range(requests + WARM_UP):
+            start = time.perf_counter()
+            prompt = engine.prompt(messages, [image])
+            marks = [time.perf_counter() for _ in engine.stream(prompt, Sampler(0.0), new_tokens)]
+            if index < WARM_UP:
+                continue
+            ttft.append(marks[0] - start)
+            speed.append((len(marks) - 1) / max(marks[-1] - marks[0], 1e-9))
+            latency.append(marks[-1] - start)
+    finally:
+        engine.eos_ids = ignore_eos
+    return {"ttft": ttft, "speed": speed, "latency": latency}
+
+
+def api_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> list[float]:
+    """The same completions streamed through the app on a local port: seconds to the first content chunk."""
+    import httpx
+    import uvicorn
+
+    from serve.app import Settings, create_app
+
+    config = uvicorn.Config(
+        create_app(engine, Settings(max_tokens_cap=max(new_tokens, 1024))), port=0, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    body = streaming_request(image, new_tokens)
+    firsts = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            for index in range(requests + WARM_UP):
+                start = time.perf_counter()
+                first = None
+                with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    for line in response.iter_lines():
+                        if first is None and line.startswith("data: {") and '"content"' in line:
+                            first = time.perf_counter() - start
+                if index >= WARM_UP and first is not None:
+                    firsts.append(first)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return firsts
+
+
+def measure(
+    model: str,
+    backend: str | None,
+    quant: str | None,
+    data: str,
+    new_tokens: int,
+    requests: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Run in a fresh process: one model on one back end."""
+    import torch
+
+    from serve.engines import open_engine
+
+    torch.set_num_threads(threads)
+    from export.bench import current_rss_mib
+
+    image = probe_image(Path(data))
+    import uvicorn  # noqa: F401
+
+    import serve.app  # noqa: F401 - imported before the baseline, like every model's runtime
+
+    before = current_rss_mib()
+    start = time.perf_counter()
+    engine = open_engine(model, backend, quant, threads)
+    load = time.perf_counter() - start
+    runs = engine_runs(engine, image, new_tokens, requests)
+    api = api_runs(engine, image, new_tokens, requests)
+    memory, memory_kind = peak_memory_mib(before)
+    return {
+        "model": engine.name,
+        "backend": engine.backend,
+        "load_s": load,
+        "ttft_ms": 1000 * statistics.median(runs["ttft"]),
+        "decode_tokens_per_s": statistics.median(runs["speed"]),
+        "latency_p50_ms": 1000 * percentile(runs["latency"], 50),
+        "latency_p95_ms": 1000 * percentile(runs["latency"], 95),
+        "api_ttft_ms": 1000 * statistics.median(api) if api else None,
+        "peak_memory_mib": memory,
+        "memory_kind": memory_kind,
+    }
+
+
+def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "serve.bench",
+        "--worker",
+        json.dumps(
+            [str(model), backend, args.quant, str(args.data), args.new_tokens, args.requests, args.threads]
+        ),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {model} ({backend or 'auto'}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    base = rows[0]
+    lines = [
+        f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {WARM_UP} warm-ups, "
+        f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({base['backend']}):",
+        "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
+        f"| {base['memory_kind']} (MiB) | TTFT vs first | decode vs first | memory vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        api = r["api_ttft_ms"]
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
+            f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {api:.1f} | {api / r['ttft_ms']:.2f}x "
+            f"(+{api - r['ttft_ms']:.1f}) | "
+            f"{r['peak_memory_mib']:.0f} | {r['ttft_ms'] / base['ttft_ms']:.2f}x | "
+            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r['model']}\n({r['backend']})" for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(4 * 3, 3.6))
+    for axis, key, title in zip(
+        axes,
+        ("ttft_ms", "decode_tokens_per_s", "peak_memory_mib"),
+        ("time to first token (ms)", "decode (tokens/s)", f"{rows[0]['memory_kind']} (MiB)"),
+    ):
+        axis.bar(names, [r[key] for r in rows], color="#4477aa")
+        axis.set_title(title)
+        axis.tick_params(axis="x", labelsize=7)
+    save_figure(figure, out)
+
+
+async def load(
+    url: str, concurrency: int, requests: int, new_tokens: int, image: Any, api_key: str | None
+) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = streaming_request(image, new_tokens)
+    latencies, errors, statuses = [], 0, {}
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        start = time.perf_counter()
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                text = "".join([line async for line in response.aiter_lines()])
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code != 200 or "[DONE]" not in text or '"error"' in text:
+                    errors += 1
+                    return
+        except httpx.HTTPError:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - start)
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+        for _ in range(2):
+            await one(client)  # warm-up
+        latencies.clear()
+        warm_rss = await server_rss(client)
+        queue = list(range(requests))
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                await one(client)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        after_rss = await server_rss(client)
+    return {
+        "url": url,
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": errors,
+        "statuses": statuses,
+        "throughput_rps": len(latencies) / elapsed,
+        "latency_p50_ms": 1000 * percentile(latencies, 50) if latencies else None,
+        "latency_p95_ms": 1000 * percentile(latencies, 95) if latencies else None,
+        "latency_p99_ms": 1000 * percentile(latencies, 99) if latencies else None,
+        "server_rss_after_warmup_mib": warm_rss,
+        "server_rss_after_run_mib": after_rss,
+    }
+
+
+async def server_rss(client: Any) -> float | None:
+    response = await client.get("/metrics")
+    for line in response.text.splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return float(line.split()[1]) / 2**20
+    return None
+
+
+def load_report(r: dict[str, Any]) -> str:
+    growth = ""
+    if r["server_rss_after_warmup_mib"] and r["server_rss_after_run_mib"]:
+        change = r["server_rss_after_run_mib"] / r["server_rss_after_warmup_mib"] - 1
+        growth = (
+            f"; server RSS {r['server_rss_after_warmup_mib']:.0f} MiB after warm-up, "
+            f"{r['server_rss_after_run_mib']:.0f} MiB after the run ({100 * change:+.1f}%)"
+        )
+    return (
+        f"{r['url']}: {r['requests']} streaming requests at concurrency {r['concurrency']}: {r['errors']} errors "
+        f"(statuses {r['statuses']}), {r['throughput_rps']:.2f} requests/s, latency p50 {r['latency_p50_ms']:.0f} ms, "
+        f"p95 {r['latency_p95_ms']:.0f} ms, p99 {r['latency_p99_ms']:.0f} ms{growth}"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        default=DEFAULT_MODELS,
+        help="checkpoints or exports; the first is the baseline of the ratios",
+    )
+    parser.add_argument(
+        "--backends", nargs="+", help="back ends per model, in order (default: what each folder holds)"
+    )
+    parser.add_argument("--quant", help="the file of GGUF exports (default: each export's first)")
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/shapes/test.json"), help="held-out records (the image)"
+    )
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--requests", type=int, default=5, help="timed completions per model (after a warm-up)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/serve-bench"), help="bench.json, bench.md, bench.png"
+    )
+    parser.add_argument("--url", help="load mode: a running server's base URL")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--api-key")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.url:
+        result = asyncio.run(
+            load(
+                args.url.rstrip("/"),
+                args.concurrency,
+                args.requests,
+                args.new_tokens,
+                probe_image(args.data),
+                args.api_key,
+            )
+        )
+        print(load_report(result))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out / "load.json", json.dumps(result, indent=1))
+        return 0 if result["errors"] == 0 else 1
+    backends = args.backends or [None] * len(args.models)
+    if len(backends) != len(args.models):
+        raise ValueError(f"{len(backends)} back ends for {len(args.models)} models")
+    rows = [run_worker(model, backend, args) for model, backend in zip(args.models, backends)]
+    table = report(rows, args)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(
+        args.out / "bench.json", json.dumps({"rows": rows, "new_tokens": args.new_tokens}, indent=1)
+    )
+    write_text_atomic(args.out / "bench.md", table + "\n")
+    plot(rows, args.out / "bench.png")
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    print(json.dumps(measure(*json.loads(sys.argv[2]))))

@@ -1,0 +1,84 @@
+"""demo/: the image chat answers like the engine, in process and through the API, follow-ups reuse the
+image, and a real headless Chromium can upload an image, ask and read the streamed answer."""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from demo.app import build_demo, respond, synthetic_examples
+from demo.chat import ApiChat, LocalChat
+from serve.app import Settings, create_app
+from serve.engines import open_engine
+from serve.sampling import Sampler
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def engine(student_dir):
+    return open_engine(student_dir)
+
+
+@pytest.fixture(scope="module")
+def example(shapes):
+    return synthetic_examples(shapes / "test.json", count=1)[0]
+
+
+def engine_answer(engine, image_path, question):
+    from PIL import Image
+
+    image = Image.open(image_path).convert("RGB")
+    prompt = engine.prompt([{"role": "user", "content": f"{engine.image_text}\n{question}"}], [image])
+    return "".join(p.text for p in engine.stream(prompt, Sampler(0.0), 256))
+
+
+def test_a_turn_streams_the_engines_answer_and_shows_its_speed(engine, example):
+    image_path, question = example
+    turns = list(respond(LocalChat(engine), {"text": question, "files": [str(image_path)]}, []))
+    chat, box, stats = turns[-1]
+    assert chat[0]["content"] == {"path": str(image_path)} and chat[1]["content"] == question
+    assert chat[-1] == {"role": "assistant", "content": engine_answer(engine, image_path, question)}
+    assert "time to first token" in stats and "ms" in stats and box == {"text": "", "files": []}
+    follow_up = list(respond(LocalChat(engine), {"text": "And its shape?", "files": []}, chat))[-1][0]
+    assert follow_up[-2]["content"] == "And its shape?" and follow_up[-1]["content"]
+    assert list(respond(LocalChat(engine), {"text": "  ", "files": []}, chat))[-1][2].startswith(
+        "Type a question"
+    )
+
+
+def test_the_api_backend_gives_the_same_answer(engine, example):
+    image_path, question = example
+    api = ApiChat(
+        "http://testserver/v1", "k", http_client=TestClient(create_app(engine, Settings(api_key="k")))
+    )
+    chat, _, stats = list(respond(api, {"text": question, "files": [str(image_path)]}, []))[-1]
+    assert chat[-1]["content"] == engine_answer(engine, image_path, question)
+    assert "time to first token" in stats
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install chromium)")
+def test_a_headless_browser_uploads_an_image_asks_and_reads_the_answer(engine, example):
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    image_path, question = example
+    demo = build_demo(LocalChat(engine))
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(demo.local_url)
+            page.locator("#ask input[type=file]").set_input_files(str(image_path))
+            page.locator("#ask textarea").fill(question)
+            page.locator("#ask textarea").press("Enter")
+            page.wait_for_function(
+                "() => document.querySelector('#stats') && document.querySelector('#stats').innerText.includes('time to first token')",
+                timeout=60_000,
+            )
+            answer = page.locator("#chat .message.bot, #chat [data-testid=bot]").last.inner_text()
+            browser.close()
+    finally:
+        demo.close()
+    assert engine_answer(engine, image_path, question).strip() in answer

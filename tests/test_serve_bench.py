@@ -1,0 +1,50 @@
+"""`python -m serve bench`: engine mode (each model in its own process, API TTFT beside engine TTFT, JSON +
+markdown + PNG) and load mode against a running server (no errors, latency percentiles, server RSS)."""
+
+import json
+import threading
+import time
+
+import uvicorn
+
+from serve.__main__ import main
+from serve.app import Settings, create_app
+from serve.engines import open_engine
+
+
+def test_engine_mode_measures_every_model_and_writes_the_report(
+    shapes, student_dir, teacher_dir, tmp_path, capsys
+):
+    out = tmp_path / "bench"
+    args = ["bench", "--models", str(student_dir), str(teacher_dir), "--data", str(shapes / "test.json")]
+    assert main([*args, "--requests", "2", "--new-tokens", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| student | torch |" in printed and "| teacher | torch |" in printed
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert all(r["ttft_ms"] > 0 and r["api_ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
+    assert rows[0]["memory_kind"] == "peak RSS above imports" and (out / "bench.png").stat().st_size > 1000
+    assert (out / "bench.md").read_text().startswith("one image + question")
+
+
+def test_load_mode_against_a_running_server(shapes, student_dir, tmp_path, capsys):
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(open_engine(student_dir), Settings()), port=0, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        args = ["bench", "--url", f"http://127.0.0.1:{port}", "--concurrency", "4", "--requests", "12"]
+        assert (
+            main([*args, "--new-tokens", "3", "--data", str(shapes / "test.json"), "--out", str(tmp_path)])
+            == 0
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    printed = capsys.readouterr().out
+    assert "12 streaming requests at concurrency 4: 0 errors" in printed
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert result["latency_p95_ms"] > 0 and result["server_rss_after_run_mib"] > 0
