@@ -42,6 +42,17 @@ LLM_SHAPES: dict[str, dict[str, int]] = {
     "qwen2-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864),
     "qwen2-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960),
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    # LLaVA-1.5-7B's language model (Vicuna-7B, a Llama-2-7B): the serving bench's baseline shape
+    "llama2-7b": dict(
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        intermediate_size=11008,
+        text_model_type="llama",
+        rope_theta=10_000.0,
+        tie_word_embeddings=False,
+    ),
 }
 VISION_SHAPES: dict[str, dict[str, int]] = {
     # SigLIP-so400m's width and depth at LLaVA-1.5's resolution: 24 x 24 = 576 visual tokens
@@ -52,6 +63,16 @@ VISION_SHAPES: dict[str, dict[str, int]] = {
         vision_layers=27,
         vision_heads=16,
         vision_intermediate_size=4304,
+    ),
+    # LLaVA-1.5's CLIP ViT-L/14 at 336 px: 576 visual tokens (class token dropped), read at layer -2
+    "clip-l-336": dict(
+        image_size=336,
+        patch_size=14,
+        vision_hidden_size=1024,
+        vision_layers=24,
+        vision_heads=16,
+        vision_intermediate_size=4096,
+        vision_model_type="clip",
     ),
     "tiny": dict(
         image_size=64,
@@ -65,13 +86,12 @@ VISION_SHAPES: dict[str, dict[str, int]] = {
 
 
 def arch_of(llm: str, vision: str, vocab_size: int) -> ArchConfig:
+    """A shape by name; Qwen2's family, RoPE base and tied head unless the LLM shape says otherwise."""
+    defaults = dict(text_model_type="qwen2", rope_theta=1_000_000.0, tie_word_embeddings=True)
     return ArchConfig(
         **VISION_SHAPES[vision],
-        **LLM_SHAPES[llm],
-        text_model_type="qwen2",
+        **{**defaults, **LLM_SHAPES[llm]},
         max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
         vocab_size=vocab_size,
     )
 

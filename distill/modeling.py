@@ -21,6 +21,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoProcessor,
+    CLIPVisionConfig,
     GenerationConfig,
     LlamaConfig,
     LlavaConfig,
@@ -43,12 +44,17 @@ class ModelFormatError(ValueError):
     """A checkpoint is not in the kit's format; the message says what is missing or unsupported."""
 
 
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
 def build_processor(
-    tokenizer: Any, image_size: int, patch_size: int, strategy: str = "full"
+    tokenizer: Any, image_size: int, patch_size: int, strategy: str = "full", clip: bool = False
 ) -> LlavaProcessor:
-    """SigLIP-style image processing (resize, scale to [-1, 1]) + the tokenizer and its chat template."""
+    """Square resize and normalisation (SigLIP's [-1, 1], or CLIP's mean and std with its class token
+    counted) + the tokenizer and its chat template."""
+    mean, std = (CLIP_MEAN, CLIP_STD) if clip else ([0.5] * 3, [0.5] * 3)
     image_processor = SiglipImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
     )
     return LlavaProcessor(
         image_processor=image_processor,
@@ -56,7 +62,7 @@ def build_processor(
         patch_size=patch_size,
         vision_feature_select_strategy=strategy,
         chat_template=tokenizer.chat_template,
-        num_additional_image_tokens=0,
+        num_additional_image_tokens=1 if clip else 0,
         image_token="<image>",
     )
 
@@ -76,7 +82,8 @@ def build_llava(
     arch: ArchConfig, tokenizer: Any, attn_implementation: str = "sdpa"
 ) -> tuple[Any, LlavaProcessor]:
     """A freshly initialised LLaVA of the given shape, with a processor around `tokenizer`."""
-    vision = SiglipVisionConfig(
+    clip = arch.vision_model_type == "clip"
+    vision = (CLIPVisionConfig if clip else SiglipVisionConfig)(
         hidden_size=arch.vision_hidden_size,
         intermediate_size=arch.vision_intermediate_size,
         num_hidden_layers=arch.vision_layers,
@@ -116,15 +123,16 @@ def build_llava(
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
+        vision_feature_select_strategy="default" if clip else "full",  # LLaVA-1.5: CLS dropped, layer -2
+        vision_feature_layer=-2 if clip else -1,
         image_seq_length=n_tokens,
         tie_word_embeddings=arch.tie_word_embeddings,
     )
     config._attn_implementation = attn_implementation
     model = LlavaForConditionalGeneration(config)
     model.generation_config = generation_config_for(tokenizer)
-    return model, build_processor(tokenizer, arch.image_size, arch.patch_size)
+    strategy = config.vision_feature_select_strategy
+    return model, build_processor(tokenizer, arch.image_size, arch.patch_size, strategy, clip)
 
 
 def load_processor(path: str | Path) -> Any:

@@ -27,6 +27,9 @@ class ArchConfig:
     vision_layers: int = 2  # transformer layers in the vision tower
     vision_heads: int = 4  # attention heads in the vision tower
     vision_intermediate_size: int = 256  # MLP width in the vision tower
+    vision_model_type: Literal["siglip", "clip"] = (
+        "siglip"  # clip: a class token, read at layer -2 (LLaVA-1.5)
+    )
     text_model_type: Literal["qwen2", "qwen3", "llama"] = "qwen2"  # LLM family
     hidden_size: int = 128  # LLM width
     num_layers: int = 4  # LLM decoder layers
