@@ -18,6 +18,7 @@ serialises calls); the prompt is rendered by the checkpoint's own chat template.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +60,21 @@ class Engine:
     def __init__(self, path: Path, processor: Any, eos_ids: set[int], context: int) -> None:
         self.path, self.processor, self.eos_ids, self.context = path, processor, eos_ids, context
         self.tokenizer = processor.tokenizer
+        # the Rust tokenizer refuses concurrent use while one call changes its padding settings
+        # ("Already borrowed"): prompts are rendered on the API's request threads, decoded on the engine's
+        self.tokenizer_lock = threading.Lock()
         self.image_text = processor.image_token
         self.name = path.name if path.name not in ("final", "") else path.parent.name
         self.last_finish: Finish | None = None
 
     def prompt(self, messages: list[dict[str, str]], images: list[Image.Image]) -> Prompt:
         """Render chat messages (string contents, one `<image>` per image) and count the prompt's tokens."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with self.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if text.count(self.image_text) != len(images):
             raise ValueError(f"{text.count(self.image_text)} image placeholders for {len(images)} images")
-        per_image = self.image_tokens()
-        count = len(self.tokenizer(text, add_special_tokens=False).input_ids) + len(images) * (per_image - 1)
+        count = len(ids) + len(images) * (self.image_tokens() - 1)
         return Prompt(text, images, count)
 
     def image_tokens(self) -> int:
@@ -90,7 +95,8 @@ class Engine:
                 self.last_finish = Finish("stop", len(tokens))
                 return
             tokens.append(token)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            with self.tokenizer_lock:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             if not text.endswith("\ufffd"):  # a multi-byte character still incomplete
                 yield Piece(text[len(emitted) :], token)
                 emitted = text
@@ -123,7 +129,8 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def start(self, prompt: Prompt) -> np.ndarray:
-        inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
+        with self.tokenizer_lock:
+            inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
         output = self.model(**inputs.to(self.device), use_cache=True, logits_to_keep=1)
         self.past = output.cache if hasattr(output, "cache") else output.past_key_values
         return output.logits[0, -1].float().cpu().numpy()
@@ -152,7 +159,8 @@ class OnnxEngine(Engine):
         self.state: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
 
     def start(self, prompt: Prompt) -> np.ndarray:
-        (logits, *past), mask = self.runner.prompt_pass(prompt.images or [None], [prompt.text])
+        with self.tokenizer_lock:
+            (logits, *past), mask = self.runner.prompt_pass(prompt.images or [None], [prompt.text])
         self.state = (past, mask, mask.sum(-1, keepdims=True) - 1)
         return logits[0, -1]
 
