@@ -20,7 +20,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,8 @@ class Gate:
         self.admitted = 0
         self.limit = max_queue + 1
 
-    def admit(self) -> None:
+    def admit(self) -> Callable[[], None]:
+        """Take a place; return its release, which frees it once however often it is called."""
         with self.count_lock:
             if self.admitted >= self.limit:
                 raise ApiError(
@@ -73,6 +75,14 @@ class Gate:
                     code="rate_limit_exceeded",
                 )
             self.admitted += 1
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self.leave()
+
+        return release
 
     def leave(self) -> None:
         with self.count_lock:
@@ -187,19 +197,21 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         except ValidationError as error:
             raise ApiError(400, describe(error.errors(include_url=False))) from None
         prompt, sampler, max_tokens = await run_in_threadpool(prepare, engine, settings, chat_request)
-        gate.admit()
+        release = gate.admit()
         completion = Completion(engine, prompt, sampler, max_tokens, chat_request.stop_strings(), started)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if chat_request.stream:
+            events = stream_events(completion, gate, release, metrics, reply_id, created, engine.name)
+            # a client gone before the first chunk: Starlette never starts the generator, so its `finally`
+            # never runs; the place is freed when the generator is collected instead
+            weakref.finalize(events, release)
             return StreamingResponse(
-                stream_events(completion, gate, metrics, reply_id, created, engine.name),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
+                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
         try:
             text = await gate.complete(completion)
         finally:
-            gate.leave()
+            release()
         metrics.completed(completion)
         return {
             "id": reply_id,
@@ -294,8 +306,21 @@ def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[A
     return prompt, sampler, max_tokens
 
 
+def released_on_collection(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    """A client gone before the first chunk: Starlette never starts the generator, so its `finally` never
+    runs; the queue place is then freed when the generator is collected."""
+    weakref.finalize(events, release)
+    return events
+
+
 async def stream_events(
-    completion: Completion, gate: Gate, metrics: Metrics, reply_id: str, created: int, model: str
+    completion: Completion,
+    gate: Gate,
+    release: Callable[[], None],
+    metrics: Metrics,
+    reply_id: str,
+    created: int,
+    model: str,
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text (the first carries the role), a last chunk with the
     finish reason, usage and timings, then [DONE]."""
@@ -326,7 +351,7 @@ async def stream_events(
         yield f"data: {json.dumps(error_body(500, f'generation failed: {type(error).__name__}'))}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        gate.leave()
+        release()
 
 
 def describe(errors: Any) -> str:

@@ -196,11 +196,29 @@ def test_size_key_and_queue_limits(engine, picture):
     assert locked.get("/v1/models").status_code == 401
     assert locked.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     app = create_app(engine, Settings(max_queue=0))
-    app.state.gate.admit()  # one request already in the engine, none may wait
+    release = app.state.gate.admit()  # one request already in the engine, none may wait
     busy = TestClient(app).post(
         "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
     )
     assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
+    release()
+    release()  # freed once, however often
+    assert app.state.gate.admitted == 0
+
+
+def test_a_stream_never_started_frees_its_place_when_collected(engine):
+    import gc
+
+    from serve.app import Gate, released_on_collection, stream_events
+    from serve.metrics import Metrics
+
+    gate = Gate(max_queue=0)
+    release = gate.admit()
+    events = released_on_collection(stream_events(None, gate, release, Metrics(), "id", 0, "m"), release)
+    assert gate.admitted == 1
+    del events
+    gc.collect()
+    assert gate.admitted == 0
 
 
 def test_local_images_when_allowed(engine, picture, tmp_path):
