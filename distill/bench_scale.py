@@ -38,7 +38,7 @@ from distill.run_config import ArchConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # LLM shapes (Qwen2 configs of the named sizes) and vision tower shapes.
-LLM_SHAPES: dict[str, dict[str, int]] = {
+LLM_SHAPES: dict[str, dict[str, Any]] = {
     "qwen2-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864),
     "qwen2-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960),
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
@@ -54,7 +54,7 @@ LLM_SHAPES: dict[str, dict[str, int]] = {
         tie_word_embeddings=False,
     ),
 }
-VISION_SHAPES: dict[str, dict[str, int]] = {
+VISION_SHAPES: dict[str, dict[str, Any]] = {
     # SigLIP-so400m's width and depth at LLaVA-1.5's resolution: 24 x 24 = 576 visual tokens
     "siglip-so400m-336": dict(
         image_size=336,

@@ -126,6 +126,17 @@ def write_manifest(
 
 
 @torch.inference_mode()
+def image_features(model: Any, processor: Any, image: Image.Image) -> np.ndarray:
+    """transformers' projected image features for one image: (image tokens, LM width), what the LM receives."""
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    features = model.get_image_features(pixel_values=pixels.to(model.device, model.dtype))
+    features = getattr(features, "pooler_output", features)
+    if isinstance(features, (list, tuple)):
+        features = torch.cat(list(features))
+    return features.float().reshape(-1, features.shape[-1]).cpu().numpy()
+
+
+@torch.inference_mode()
 def verify_mmproj(folder: Path, base: str, model: Any, processor: Any) -> float:
     """Run a probe image through llama.cpp's mtmd and transformers; refuse an mmproj that computes otherwise.
     Returns the relative L2 error of llama.cpp's image embeddings.
@@ -140,12 +151,7 @@ def verify_mmproj(folder: Path, base: str, model: Any, processor: Any) -> float:
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     probe = Image.fromarray(pixels)
     embeddings = GgufLlava(folder, base, use_gpu=False).image_embeddings(probe)
-    inputs = processor.image_processor(images=[probe], return_tensors="pt")
-    features = model.get_image_features(pixel_values=inputs["pixel_values"])
-    features = getattr(features, "pooler_output", features)
-    if isinstance(features, (list, tuple)):
-        features = torch.cat(list(features))
-    reference = features.float().reshape(-1, features.shape[-1]).numpy()
+    reference = image_features(model, processor, probe)
     if embeddings.shape != reference.shape:
         raise ExportError(
             f"llama.cpp makes {embeddings.shape[0]} image embeddings of width {embeddings.shape[1]}; "

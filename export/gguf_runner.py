@@ -225,8 +225,12 @@ class GgufLlava:
                 return
             yield token
             if step + 1 < max_new_tokens:
-                self.llm.eval([token])
-                logits = self.last_logits()
+                logits = self.step(token)
+
+    def step(self, token: int) -> np.ndarray:
+        """Decode one more token against the cache; return the next-token logits."""
+        self.llm.eval([token])
+        return self.last_logits()
 
     def generate_one(
         self, image: Image.Image | None, text: str, max_new_tokens: int, ignore_eos: bool = False

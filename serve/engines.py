@@ -189,8 +189,7 @@ class LlamaCppEngine(Engine):
         return self.runner.prompt_pass(prompt.images[0] if prompt.images else None, prompt.text)
 
     def step(self, token: int) -> np.ndarray:
-        self.runner.llm.eval([token])
-        return self.runner.last_logits()
+        return self.runner.step(token)
 
 
 def detect_backend(path: Path) -> str:

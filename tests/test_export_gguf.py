@@ -18,7 +18,7 @@ import torch
 from eval.backends import TorchBackend
 from export.__main__ import main
 from export.check import torch_greedy, torch_prompt_logits
-from export.gguf_export import export_gguf
+from export.gguf_export import export_gguf, image_features
 from export.gguf_runner import GgufLlava
 from export.onnx_export import ExportError
 from tests.conftest import save_lively_model
@@ -59,14 +59,8 @@ def test_mmproj_image_embeddings_equal_get_image_features(shapes, tokenizer, tmp
     backend, runner = TorchBackend(model_dir), GgufLlava(tmp_path / "gguf", "f16")
     images, _ = prompts(shapes, backend)
     for image in images[:2]:
-        pixels = backend.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-        with torch.inference_mode():
-            features = backend.model.get_image_features(pixel_values=pixels)
-        features = getattr(features, "pooler_output", features)
-        if isinstance(features, (list, tuple)):
-            features = torch.cat(list(features))
         embeddings = runner.image_embeddings(image)
-        reference = features.reshape(embeddings.shape).numpy()
+        reference = image_features(backend.model, backend.processor, image).reshape(embeddings.shape)
         scale = np.abs(reference).max()
         assert np.abs(embeddings - reference).max() < 1e-2 * scale  # f16 weights, f16 rounding
 
@@ -125,15 +119,9 @@ def test_mmproj_of_a_clip_tower_and_a_square_ffn(tmp_path, tokenizer, tower):
     export_gguf(tmp_path / "student", tmp_path / "gguf", ["f32"])
     runner = GgufLlava(tmp_path / "gguf", "f32")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-    with torch.inference_mode():
-        features = model.get_image_features(pixel_values=pixels)
-    features = getattr(features, "pooler_output", features)
-    if isinstance(features, (list, tuple)):
-        features = torch.cat(list(features))
     embeddings = runner.image_embeddings(image)
     assert embeddings.shape == (4, model.config.get_text_config().hidden_size)
-    assert np.abs(embeddings - features.reshape(embeddings.shape).numpy()).max() < 2e-3
+    assert np.abs(embeddings - image_features(model, processor, image).reshape(embeddings.shape)).max() < 2e-3
 
 
 def test_llama_cpp_python_chat_handler_answers_from_the_files(shapes, tokenizer, tmp_path):
