@@ -322,8 +322,9 @@ async def stream_events(
     created: int,
     model: str,
 ) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per piece of text (the first carries the role), a last chunk with the
-    finish reason, usage and timings, then [DONE]."""
+    """Server-sent events: one chunk per piece of text (the first carries the role and goes out with the
+    first token, its content "" when nothing is visible yet), a last chunk with the finish reason, usage
+    and timings, then [DONE]."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
@@ -341,8 +342,6 @@ async def stream_events(
         async for text in gate.stream(completion):
             yield chunk({"role": "assistant", "content": text} if first else {"content": text})
             first = False
-        if first:
-            yield chunk({"role": "assistant", "content": ""})
         yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
         metrics.completed(completion)
         yield "data: [DONE]\n\n"

@@ -179,6 +179,7 @@ def measure(
         "latency_p50_ms": 1000 * percentile(runs["latency"], 50),
         "latency_p95_ms": 1000 * percentile(runs["latency"], 95),
         "api_ttft_ms": 1000 * statistics.median(api) if api else None,
+        "weights_mib": sum(f.stat().st_size for f in engine.weight_files()) / 2**20,
         "peak_memory_mib": memory,
         "memory_kind": memory_kind,
     }
@@ -206,15 +207,15 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {WARM_UP} warm-ups, "
         f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({base['backend']}):",
         "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
-        f"| {base['memory_kind']} (MiB) | TTFT vs first | decode vs first | memory vs first |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| weight files (MiB) | {base['memory_kind']} (MiB) | TTFT vs first | decode vs first | memory vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         api = r["api_ttft_ms"]
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
             f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {api:.1f} | {api / r['ttft_ms']:.2f}x "
-            f"(+{api - r['ttft_ms']:.1f}) | "
+            f"(+{api - r['ttft_ms']:.1f}) | {r['weights_mib']:.1f} | "
             f"{r['peak_memory_mib']:.0f} | {r['ttft_ms'] / base['ttft_ms']:.2f}x | "
             f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x |"
         )

@@ -110,6 +110,10 @@ class Engine:
     def step(self, token: int) -> np.ndarray:
         raise NotImplementedError
 
+    def weight_files(self) -> list[Path]:
+        """The files that hold the model's weights (what a device has to store)."""
+        raise NotImplementedError
+
 
 class TorchEngine(Engine):
     backend = "torch"
@@ -142,6 +146,9 @@ class TorchEngine(Engine):
         self.past = output.cache if hasattr(output, "cache") else output.past_key_values
         return output.logits[0, -1].float().cpu().numpy()
 
+    def weight_files(self) -> list[Path]:
+        return sorted(self.path.glob("*.safetensors"))
+
 
 class OnnxEngine(Engine):
     backend = "onnx"
@@ -172,6 +179,9 @@ class OnnxEngine(Engine):
         self.state = (past, mask, positions)
         return logits[0, -1]
 
+    def weight_files(self) -> list[Path]:
+        return sorted(p for p in self.path.iterdir() if ".onnx" in p.name)  # graphs and external data
+
 
 class LlamaCppEngine(Engine):
     backend = "llama.cpp"
@@ -190,6 +200,10 @@ class LlamaCppEngine(Engine):
 
     def step(self, token: int) -> np.ndarray:
         return self.runner.step(token)
+
+    def weight_files(self) -> list[Path]:
+        names = [self.runner.manifest["files"][self.runner.quant], self.runner.mmproj]
+        return [self.path / name for name in names if name]
 
 
 def detect_backend(path: Path) -> str:

@@ -2,11 +2,14 @@
 
     run = Completion(engine, prompt, Sampler(0.0), max_tokens=64, stops=["\\n\\n"], started=time.perf_counter())
     for text in run:            # text as soon as it cannot be the start of a stop string
-        ...
+        ...                     # (the first, possibly "", comes with the first token)
     run.finish_reason, run.completion_tokens, run.timings()
 
 Time to first token runs from `started` (when the request arrived) to the first new token; decode
-speed is (tokens - 1) / (time from the first token to the last).
+speed is (tokens - 1) / (time from the first token to the last). The first token always yields,
+even when its text is empty (a special token, an incomplete UTF-8 character, the start of a stop
+string held back): a streaming reply's first chunk goes out with the first token, not with the
+first visible character.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Completion:
         self.first: float | None = None
         self.last: float | None = None
         self.text = ""
+        self.announced = False  # whether anything (the first token's text, maybe "") was yielded
 
     def __iter__(self) -> Iterator[str]:
         pending = ""
@@ -58,7 +62,8 @@ class Completion:
         yield from self._emit(pending)
 
     def _emit(self, text: str) -> Iterator[str]:
-        if text:
+        if text or not self.announced:
+            self.announced = True
             self.text += text
             yield text
 

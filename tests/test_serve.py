@@ -12,7 +12,7 @@ from PIL import Image
 
 from serve.app import Settings, create_app
 from serve.engines import open_engine
-from serve.generation import held_back
+from serve.generation import Completion, held_back
 from serve.images import ImageLimits
 from serve.sampling import Sampler
 
@@ -63,6 +63,22 @@ def test_stop_strings_hold_back_only_what_could_still_become_a_stop():
     assert held_back("a <|st", ["<|stop|>"]) == 4
 
 
+def test_the_first_yield_comes_with_the_first_token_even_when_its_text_is_held_back(engine, picture):
+    """A streaming reply's first chunk must not wait for the first visible character: here the first
+    token's text is held back as the possible start of a stop string."""
+    messages = [{"role": "user", "content": f"{engine.image_text}\n{QUESTION}"}]
+    prompt = engine.prompt(messages, [picture])
+    first_text = next(piece.text for piece in engine.stream(prompt, Sampler(0.0), 4))
+    assert first_text
+    run = Completion(engine, prompt, Sampler(0.0), 4, [first_text + "\x00never"], started=0.0)
+    texts, tokens_when_yielded = [], []
+    for text in run:
+        texts.append(text)
+        tokens_when_yielded.append(run.completion_tokens)
+    assert texts[0] == "" and tokens_when_yielded[0] == 1
+    assert "".join(texts) == run.text and run.text.startswith(first_text) and "" not in texts[1:]
+
+
 @pytest.mark.parametrize("export", ["onnx", "gguf"])
 def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_path, export):
     if export == "onnx":
@@ -82,6 +98,10 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
         got = [p.token_id for p in other.stream(other.prompt(messages, [picture]), sampler(), 8)]
         assert got == expected
     assert other.prompt(messages, [picture]).tokens == engine.prompt(messages, [picture]).tokens
+    files = other.weight_files()
+    assert files and all(f.is_file() and (".onnx" if export == "onnx" else ".gguf") in f.name for f in files)
+    if export == "gguf":
+        assert {f.name.startswith("mmproj") for f in files} == {True, False}  # the LM and the vision tower
 
 
 def test_the_official_openai_client_works_unchanged(engine, picture):
