@@ -124,7 +124,7 @@ class GgufLlava:
         """The mmproj's output for one image: (image tokens, LM width), as the LM receives it."""
         import llama_cpp.mtmd_cpp as mtmd
 
-        chunks = self._chunks(image, self.image_text)
+        chunks = self._chunks([image], self.image_text)
         try:
             chunk = next(c for c, kind in self._iterate(chunks) if kind == "image")
             if mtmd.mtmd_encode_chunk(self.mtmd, chunk) != 0:
@@ -136,10 +136,10 @@ class GgufLlava:
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
 
-    def _chunks(self, image: Image.Image | None, text: str) -> Any:
+    def _chunks(self, images: list[Image.Image], text: str) -> Any:
+        """mtmd's chunks of the prompt: text runs and one image chunk per image, in the prompt's order."""
         import llama_cpp.mtmd_cpp as mtmd
 
-        images = [image] if image is not None else []
         if images and self.mtmd is None:
             raise ValueError(f"{self.path}: this GGUF export has no mmproj file, so it cannot read images")
         if text.count(self.image_text) != len(images):
@@ -171,17 +171,19 @@ class GgufLlava:
             kind = mtmd.mtmd_input_chunk_get_type(chunk)
             yield chunk, "text" if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT else "image"
 
-    def prompt_pass(self, image: Image.Image | None, text: str) -> np.ndarray:
-        """Decode the prompt from an empty cache; return the next-token logits after it."""
+    def prompt_pass(self, images: Image.Image | list[Image.Image] | None, text: str) -> np.ndarray:
+        """Decode the prompt (one image, a list of images in the order of their markers, or none) from an
+        empty cache; return the next-token logits after it."""
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
+        images = [] if images is None else [images] if isinstance(images, Image.Image) else list(images)
         self.llm.reset()
         self.llm._ctx.kv_cache_clear()
-        if self.mtmd is None:
+        if self.mtmd is None and not images:
             self.llm.eval(self.llm.tokenize(text.encode(), add_bos=False, special=True))
             return self.last_logits()
-        chunks = self._chunks(image, text)
+        chunks = self._chunks(images, text)
         try:
             pieces = list(self._iterate(chunks))
             if pieces[-1][1] != "text":

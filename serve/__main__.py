@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-request-bytes", type=int, default=20 * 2**20)
     parser.add_argument("--max-image-bytes", type=int, default=10 * 2**20)
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
-    parser.add_argument("--max-images", type=int, default=1, help="images per request")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=1,
+        help="images per request (every back end reads several, in order)",
+    )
     parser.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens accepted")
     parser.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond the running one")
     return parser

@@ -194,9 +194,7 @@ class LlamaCppEngine(Engine):
         self.name = f"{self.name}-{self.runner.quant}"
 
     def start(self, prompt: Prompt) -> np.ndarray:
-        if len(prompt.images) > 1:
-            raise ValueError("the llama.cpp back end takes one image per request")
-        return self.runner.prompt_pass(prompt.images[0] if prompt.images else None, prompt.text)
+        return self.runner.prompt_pass(prompt.images, prompt.text)
 
     def step(self, token: int) -> np.ndarray:
         return self.runner.step(token)

@@ -98,6 +98,13 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
         got = [p.token_id for p in other.stream(other.prompt(messages, [picture]), sampler(), 8)]
         assert got == expected
     assert other.prompt(messages, [picture]).tokens == engine.prompt(messages, [picture]).tokens
+    two = [{"role": "user", "content": f"<image>\n<image>\n{QUESTION}"}]
+    mirrored = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    references = []
+    for images in ([picture, mirrored], [mirrored, picture]):  # both images read, in the markers' order
+        references.append(engine.start(engine.prompt(two, images)))
+        assert np.abs(other.start(other.prompt(two, images)) - references[-1]).max() < 1e-3
+    assert np.abs(references[0] - references[1]).max() > 1e-2
     files = other.weight_files()
     assert files and all(f.is_file() and (".onnx" if export == "onnx" else ".gguf") in f.name for f in files)
     if export == "gguf":
