@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from serve.engines import BACKENDS
+from serve.engines import BACKENDS, DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="the server's key, with --api-url")
     parser.add_argument("--backend", choices=BACKENDS, help="with --model (default: what the folder holds)")
     parser.add_argument("--quant", help="which file of a GGUF export")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="with a checkpoint: its precision (default: as saved)"
+    )
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(
         "--examples", type=Path, default=Path("data/shapes/test.json"), help="held-out records"
@@ -47,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from serve.engines import open_engine
 
-            backend = LocalChat(open_engine(args.model, args.backend, args.quant), args.max_tokens)
+            backend = LocalChat(
+                open_engine(args.model, args.backend, args.quant, dtype=args.dtype), args.max_tokens
+            )
     except (FileNotFoundError, ValueError) as error:
         print(f"demo: {error}", file=sys.stderr)
         return 2

@@ -164,11 +164,17 @@ def check_llava_dir(path: str | Path) -> Any:
 def load_llava(
     path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", device: str | None = None
 ) -> tuple[Any, Any]:
-    """Load a checkpoint and its processor from a local directory (no hub access)."""
+    """Load a checkpoint and its processor from a local directory (no hub access). `dtype` is one of
+    DTYPES, or "auto" for the dtype the checkpoint was saved in."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
     check_llava_dir(path)
     processor = load_processor(path)
     model = LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+        path,
+        dtype="auto" if dtype == "auto" else DTYPES[dtype],
+        attn_implementation=attn_implementation,
+        local_files_only=True,
     )
     if device is not None:
         model.to(device)

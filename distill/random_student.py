@@ -30,8 +30,13 @@ def random_student(
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model, processor = build_llava(arch_of(llm, vision, vocab), tokenizer)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # built in its dtype: a 7B model in fp32 is 28 GB
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model, processor = build_llava(arch_of(llm, vision, vocab), tokenizer)
+    finally:
+        torch.set_default_dtype(previous)
     model = model.to(getattr(torch, dtype))
     count = sum(p.numel() for p in model.parameters())
     return save_llava(model.eval(), processor, out), count

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serve.engines import BACKENDS
+from serve.engines import BACKENDS, DTYPES
 
 if TYPE_CHECKING:
     from serve.app import Settings
@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=BACKENDS, help="default: what the folder holds")
     parser.add_argument("--quant", help="which file of a GGUF export (default: its first, e.g. f16)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="torch back end: the weights' precision (default: as the checkpoint was saved)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for the engine (default: the runtime's)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve.engines import open_engine
 
     try:
-        engine = open_engine(args.model, args.backend, args.quant, args.threads)
+        engine = open_engine(args.model, args.backend, args.quant, args.threads, args.dtype)
     except (FileNotFoundError, ValueError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2

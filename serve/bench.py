@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.staging import save_figure, write_text_atomic
+from serve.engines import DTYPES
 
 DEFAULT_MODELS = [Path("runs/tiny/student-kd/final"), Path("runs/tiny/teacher/final")]
 QUESTION = "What color is the circle? Describe the picture."
@@ -83,7 +84,9 @@ def peak_memory_mib(before_load: float) -> tuple[float, str]:
     return peak_rss_mib() - before_load, "peak RSS above imports"
 
 
-def engine_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> dict[str, list[float]]:
+def engine_runs(
+    engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP
+) -> dict[str, list[float]]:
     """Timed from the chat messages: the prompt is rendered and measured inside the timing, as the API does."""
     from serve.sampling import Sampler
 
@@ -92,11 +95,11 @@ def engine_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> dict
     engine.eos_ids = set()  # exactly new_tokens per completion
     try:
         ttft, speed, latency = [], [], []
-        for index in range(requests + WARM_UP):
+        for index in range(requests + warm_up):
             start = time.perf_counter()
             prompt = engine.prompt(messages, [image])
             marks = [time.perf_counter() for _ in engine.stream(prompt, Sampler(0.0), new_tokens)]
-            if index < WARM_UP:
+            if index < warm_up:
                 continue
             ttft.append(marks[0] - start)
             speed.append((len(marks) - 1) / max(marks[-1] - marks[0], 1e-9))
@@ -106,7 +109,7 @@ def engine_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> dict
     return {"ttft": ttft, "speed": speed, "latency": latency}
 
 
-def api_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> list[float]:
+def api_runs(engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP) -> list[float]:
     """The same completions streamed through the app on a local port: seconds to the first content chunk."""
     import httpx
     import uvicorn
@@ -126,14 +129,14 @@ def api_runs(engine: Any, image: Any, new_tokens: int, requests: int) -> list[fl
     firsts = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-            for index in range(requests + WARM_UP):
+            for index in range(requests + warm_up):
                 start = time.perf_counter()
                 first = None
                 with client.stream("POST", "/v1/chat/completions", json=body) as response:
                     for line in response.iter_lines():
                         if first is None and line.startswith("data: {") and '"content"' in line:
                             first = time.perf_counter() - start
-                if index >= WARM_UP and first is not None:
+                if index >= warm_up and first is not None:
                     firsts.append(first)
     finally:
         server.should_exit = True
@@ -149,11 +152,13 @@ def measure(
     new_tokens: int,
     requests: int,
     threads: int,
+    dtype: str = "auto",
+    warm_up: int = WARM_UP,
 ) -> dict[str, Any]:
     """Run in a fresh process: one model on one back end."""
     import torch
 
-    from serve.engines import open_engine
+    from serve.engines import detect_backend, open_engine
 
     torch.set_num_threads(threads)
     from export.bench import current_rss_mib
@@ -165,14 +170,17 @@ def measure(
 
     before = current_rss_mib()
     start = time.perf_counter()
-    engine = open_engine(model, backend, quant, threads)
+    on_torch = (backend or detect_backend(Path(model))) == "torch"  # --dtype is the checkpoints' only
+    engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto")
     load = time.perf_counter() - start
-    runs = engine_runs(engine, image, new_tokens, requests)
-    api = api_runs(engine, image, new_tokens, requests)
+    runs = engine_runs(engine, image, new_tokens, requests, warm_up)
+    api = api_runs(engine, image, new_tokens, requests, warm_up)
     memory, memory_kind = peak_memory_mib(before)
+    weights = getattr(engine, "model", None)
     return {
         "model": engine.name,
         "backend": engine.backend,
+        "dtype": str(next(weights.parameters()).dtype).removeprefix("torch.") if weights else None,
         "load_s": load,
         "ttft_ms": 1000 * statistics.median(runs["ttft"]),
         "decode_tokens_per_s": statistics.median(runs["speed"]),
@@ -192,7 +200,17 @@ def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> di
         "serve.bench",
         "--worker",
         json.dumps(
-            [str(model), backend, args.quant, str(args.data), args.new_tokens, args.requests, args.threads]
+            [
+                str(model),
+                backend,
+                args.quant,
+                str(args.data),
+                args.new_tokens,
+                args.requests,
+                args.threads,
+                args.dtype,
+                args.warm_up,
+            ]
         ),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -201,11 +219,16 @@ def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def label(row: dict[str, Any]) -> str:
+    """The back end, with the weights' dtype for torch: "torch bfloat16"."""
+    return f"{row['backend']} {row['dtype']}" if row.get("dtype") else row["backend"]
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     base = rows[0]
     lines = [
-        f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {WARM_UP} warm-ups, "
-        f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({base['backend']}):",
+        f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {args.warm_up} warm-ups, "
+        f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({label(base)}):",
         "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
         f"| weight files (MiB) | {base['memory_kind']} (MiB) | TTFT vs first | decode vs first | memory vs first |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -213,7 +236,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in rows:
         api = r["api_ttft_ms"]
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
+            f"| {r['model']} | {label(r)} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
             f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {api:.1f} | {api / r['ttft_ms']:.2f}x "
             f"(+{api - r['ttft_ms']:.1f}) | {r['weights_mib']:.1f} | "
             f"{r['peak_memory_mib']:.0f} | {r['ttft_ms'] / base['ttft_ms']:.2f}x | "
@@ -228,7 +251,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['model']}\n({r['backend']})" for r in rows]
+    names = [f"{r['model']}\n({label(r)})" for r in rows]
     figure, axes = plt.subplots(1, 3, figsize=(4 * 3, 3.6))
     for axis, key, title in zip(
         axes,
@@ -337,6 +360,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument(
         "--requests", type=int, default=5, help="timed completions per model (after a warm-up)"
+    )
+    parser.add_argument(
+        "--warm-up", type=int, default=WARM_UP, help="untimed completions before the timed ones"
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="checkpoints' precision (default: as saved)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

@@ -1,6 +1,7 @@
 """One interface over three back ends: chat messages with images in, a stream of text pieces out.
 
-    engine = open_engine("runs/tiny/student-kd/final")                 # torch (a checkpoint folder)
+    engine = open_engine("runs/tiny/student-kd/final")                 # torch (a checkpoint folder, as saved)
+    engine = open_engine("runs/random/qwen2-1.5b", dtype="bfloat16")   # torch in bf16
     engine = open_engine("exports/student-kd-onnx-int4")               # ONNX Runtime (an ONNX export)
     engine = open_engine("exports/student-kd-gguf", quant="q4_k_m")    # llama.cpp (a GGUF export)
     prompt = engine.prompt([{"role": "user", "content": "<image>\\nWhat is it?"}], [image])
@@ -31,6 +32,12 @@ from PIL import Image
 from serve.sampling import Sampler
 
 BACKENDS = ("torch", "onnx", "llama.cpp")
+DTYPES = (
+    "auto",
+    "float32",
+    "bfloat16",
+    "float16",
+)  # the torch back end's; auto = as the checkpoint was saved
 
 
 @dataclass
@@ -118,7 +125,7 @@ class Engine:
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, path: Path, dtype: str = "float32", device: str | None = None) -> None:
+    def __init__(self, path: Path, dtype: str = "auto", device: str | None = None) -> None:
         from distill.modeling import load_llava
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -215,8 +222,14 @@ def detect_backend(path: Path) -> str:
 
 
 def open_engine(
-    path: str | Path, backend: str | None = None, quant: str | None = None, threads: int | None = None
+    path: str | Path,
+    backend: str | None = None,
+    quant: str | None = None,
+    threads: int | None = None,
+    dtype: str = "auto",
 ) -> Engine:
+    """The engine for a checkpoint or an export. `dtype` (torch only: auto = as saved, float32, bfloat16,
+    float16) is refused for the exports, whose precision is the file's."""
     path = Path(path)
     found = detect_backend(path)
     backend = backend or found
@@ -224,10 +237,12 @@ def open_engine(
         raise ValueError(f"unknown back end {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend != found:
         raise ValueError(f"{path} is a {found} model; the {backend} back end cannot load it")
+    if backend != "torch" and dtype != "auto":
+        raise ValueError(f"--dtype is for checkpoints; a {backend} export runs at its files' precision")
     if backend == "torch":
         if threads:
             torch.set_num_threads(threads)
-        return TorchEngine(path)
+        return TorchEngine(path, dtype)
     if backend == "onnx":
         return OnnxEngine(path, threads or 0)
     return LlamaCppEngine(path, quant, threads)

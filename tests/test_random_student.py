@@ -18,6 +18,17 @@ def test_random_student_has_the_named_shape_and_a_padded_lm_head(shapes, tmp_pat
     assert model.lm_head.weight.shape[0] == 1024 and len(processor.tokenizer) < 1024
 
 
+def test_a_bfloat16_random_student_is_built_and_saved_in_bfloat16(shapes, tmp_path):
+    import torch
+
+    out = tmp_path / "random-bf16"
+    args = ["random-student", "--llm", "tiny", "--vision", "tiny", "--vocab", "1024", "--dtype", "bfloat16"]
+    assert main([*args, "--tokenizer", str(shapes / "tokenizer"), "--out", str(out)]) == 0
+    assert torch.get_default_dtype() == torch.float32  # restored after the build
+    model, _ = load_llava(out, "auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
 def test_llava_1_5_shape_names_a_clip_tower_read_at_layer_minus_two_and_a_llama(shapes, tmp_path):
     """The serving bench's baseline shape, checked small: the same family switches on the tiny sizes."""
     from distill.bench_scale import LLM_SHAPES, VISION_SHAPES, arch_of

@@ -92,6 +92,8 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
         export_gguf(student_dir, tmp_path / "gguf", ["f32"])
         folder = tmp_path / "gguf"
     other = open_engine(folder)
+    with pytest.raises(ValueError, match="precision"):
+        open_engine(folder, dtype="bfloat16")  # an export's precision is its files'
     messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
     for sampler in (lambda: Sampler(0.0), lambda: Sampler(1.0, 0.9, seed=3)):
         expected = [p.token_id for p in engine.stream(engine.prompt(messages, [picture]), sampler(), 8)]
@@ -109,6 +111,20 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
     assert files and all(f.is_file() and (".onnx" if export == "onnx" else ".gguf") in f.name for f in files)
     if export == "gguf":
         assert {f.name.startswith("mmproj") for f in files} == {True, False}  # the LM and the vision tower
+
+
+def test_the_torch_engine_loads_as_saved_or_in_the_asked_dtype(student_dir, engine, picture):
+    import torch
+
+    assert engine.model.dtype == torch.float32  # "auto": the tiny checkpoints are saved in float32
+    half = open_engine(student_dir, dtype="bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
+    reference = engine.start(engine.prompt(messages, [picture]))
+    logits = half.start(half.prompt(messages, [picture]))
+    assert logits.dtype == np.float32 and 0 < np.abs(logits - reference).max() < 0.5
+    with pytest.raises(ValueError, match="unknown dtype"):
+        open_engine(student_dir, dtype="float8")
 
 
 def test_the_official_openai_client_works_unchanged(engine, picture):

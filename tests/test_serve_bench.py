@@ -19,7 +19,7 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
     args = ["bench", "--models", str(student_dir), str(teacher_dir), "--data", str(shapes / "test.json")]
     assert main([*args, "--requests", "2", "--new-tokens", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| student | torch |" in printed and "| teacher | torch |" in printed
+    assert "| student | torch float32 |" in printed and "| teacher | torch float32 |" in printed
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert all(r["ttft_ms"] > 0 and r["api_ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
     on_disk = sum(f.stat().st_size for f in student_dir.glob("*.safetensors")) / 2**20
