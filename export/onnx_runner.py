@@ -74,8 +74,15 @@ class OnnxLlava:
         self, images: list[Image.Image | None], texts: list[str]
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """One decoder call over the left-padded prompts: (logits and cache, attention mask)."""
+        return self.run_prompt(self.prompt_inputs(images, texts))
+
+    def prompt_inputs(self, images: list[Image.Image | None], texts: list[str]) -> dict[str, np.ndarray]:
+        """The processor's arrays for the prompts (token ids with the image tokens expanded, pixels)."""
         present = [image for image in images if image is not None]
-        inputs = dict(self.processor(images=present or None, text=texts, return_tensors="np", padding=True))
+        return dict(self.processor(images=present or None, text=texts, return_tensors="np", padding=True))
+
+    def run_prompt(self, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The vision encoder and one decoder call over processed prompts: (logits and cache, mask)."""
         mask = inputs["attention_mask"].astype(np.int64)
         empty = np.zeros(
             (mask.shape[0], self.manifest["num_kv_heads"], 0, self.manifest["head_dim"]), np.float32

@@ -173,8 +173,9 @@ class OnnxEngine(Engine):
         self.state: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
 
     def start(self, prompt: Prompt) -> np.ndarray:
-        with self.tokenizer_lock:
-            (logits, *past), mask = self.runner.prompt_pass(prompt.images or [None], [prompt.text])
+        with self.tokenizer_lock:  # the processor only: the prefill runs outside the lock
+            inputs = self.runner.prompt_inputs(prompt.images or [None], [prompt.text])
+        (logits, *past), mask = self.runner.run_prompt(inputs)
         self.state = (past, mask, mask.sum(-1, keepdims=True) - 1)
         return logits[0, -1]
 
