@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from openai import APIError
+
     from demo.app import build_demo, synthetic_examples
     from demo.chat import ApiChat, LocalChat
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = LocalChat(
                 open_engine(args.model, args.backend, args.quant, dtype=args.dtype), args.max_tokens
             )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, APIError) as error:  # APIError: a server down or a wrong key
         print(f"demo: {error}", file=sys.stderr)
         return 2
     demo = build_demo(backend, synthetic_examples(args.examples))

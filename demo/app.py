@@ -30,18 +30,24 @@ def stats_line(stats: dict[str, Any]) -> str:
 
 
 def text_history(chat: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str | None]:
-    """The earlier turns as text messages for the model, and the path of the last image shown."""
+    """The earlier turns as text messages for the model, and the path of the last image shown.
+
+    Gradio 6's Chatbot hands its value back as parts ([{"type": "text", "text"}, {"type": "file", "file":
+    {"path"}}]); the value this module puts in it has plain strings and {"path"} dicts: both are read."""
     messages, last_image = [], None
     for message in chat:
         content = message["content"]
-        if isinstance(content, dict) or (
-            isinstance(content, (list, tuple)) and content and isinstance(content[0], dict)
-        ):
-            item = content if isinstance(content, dict) else content[0]
-            last_image = item.get("path") or (item.get("file") or {}).get("path") or last_image
-            continue
-        if isinstance(content, str):
-            messages.append({"role": message["role"], "content": content})
+        parts = content if isinstance(content, (list, tuple)) else [content]
+        texts = []
+        for part in parts:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and (part.get("type") == "text" or "text" in part):
+                texts.append(part.get("text") or "")
+            elif isinstance(part, dict):
+                last_image = part.get("path") or (part.get("file") or {}).get("path") or last_image
+        if any(texts):
+            messages.append({"role": message["role"], "content": "".join(texts)})
     return messages, last_image
 
 
@@ -71,10 +77,15 @@ def respond(
     chat.append({"role": "assistant", "content": ""})
     # earlier turns go as text; the image (new, or the last one shown) goes with this question
     final: dict[str, Any] = {}
-    for answer, stats in chat_backend.stream(history, question, image):
-        chat[-1] = {"role": "assistant", "content": answer}
-        final = stats
-        yield chat, {"text": "", "files": []}, "…"
+    try:
+        for answer, stats in chat_backend.stream(history, question, image):
+            chat[-1] = {"role": "assistant", "content": answer}
+            final = stats
+            yield chat, {"text": "", "files": []}, "…"
+    except Exception as error:  # a refused question, a server that went away: said, not raised
+        chat = chat[:-1] if not chat[-1]["content"] else chat
+        yield chat, {"text": "", "files": []}, f"No answer: {error}"
+        return
     yield chat, {"text": "", "files": []}, stats_line(final)
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from openai import BadRequestError
 from PIL import Image
 
 from serve.engines import Engine
@@ -33,9 +34,16 @@ class LocalChat:
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         content = f"{self.engine.image_text}\n{question}" if image is not None else question
         started = time.perf_counter()
-        prompt = self.engine.prompt(
-            [*history, {"role": "user", "content": content}], [image] if image else []
-        )
+        reserve = min(self.max_tokens, self.engine.context // 4)  # room kept for the answer
+        while True:  # the oldest turns go first when the conversation outgrows the context
+            prompt = self.engine.prompt(
+                [*history, {"role": "user", "content": content}], [image] if image else []
+            )
+            if prompt.tokens + reserve <= self.engine.context or not history:
+                break
+            history = history[2:]
+        if prompt.tokens >= self.engine.context:
+            raise ValueError(f"the question is {prompt.tokens} tokens; the context is {self.engine.context}")
         room = max(1, min(self.max_tokens, self.engine.context - prompt.tokens))
         completion = Completion(self.engine, prompt, Sampler(self.temperature), room, [], started)
         answer = ""
@@ -66,13 +74,20 @@ class ApiChat:
             parts.append({"type": "image_url", "image_url": {"url": to_data_url(image)}})
         parts.append({"type": "text", "text": question})
         started = time.perf_counter()
-        chunks = self.client.chat.completions.create(
-            model=self.model,
-            messages=[*history, {"role": "user", "content": parts}],
-            temperature=0,
-            max_tokens=self.max_tokens,
-            stream=True,
-        )
+        while True:  # the oldest turns go first when the server says the conversation is too long
+            try:
+                chunks = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[*history, {"role": "user", "content": parts}],
+                    temperature=0,
+                    max_tokens=self.max_tokens,
+                    stream=True,
+                )
+                break
+            except BadRequestError as error:
+                if error.code != "context_length_exceeded" or not history:
+                    raise
+                history = history[2:]
         answer, first, stats = "", None, {}
         for chunk in chunks:
             if chunk.choices and chunk.choices[0].delta.content:

@@ -142,6 +142,7 @@ class GgufLlava:
 
         if images and self.mtmd is None:
             raise ValueError(f"{self.path}: this GGUF export has no mmproj file, so it cannot read images")
+        self.refuse_media_marker(text)
         if text.count(self.image_text) != len(images):
             raise ValueError(
                 f"the prompt has {text.count(self.image_text)} {self.image_text} for {len(images)} images"
@@ -162,6 +163,15 @@ class GgufLlava:
             for bitmap in bitmaps:
                 mtmd.mtmd_bitmap_free(bitmap)
         return chunks
+
+    @staticmethod
+    def refuse_media_marker(text: str) -> None:
+        """mtmd reads its marker as an image wherever it stands: typed into a prompt, it is refused."""
+        import llama_cpp.mtmd_cpp as mtmd
+
+        marker = mtmd.mtmd_default_marker().decode()
+        if marker in text:
+            raise ValueError(f"the text holds {marker!r}, which llama.cpp reserves for images")
 
     def _iterate(self, chunks: Any) -> Iterator[tuple[Any, str]]:
         import llama_cpp.mtmd_cpp as mtmd

@@ -22,7 +22,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +53,35 @@ class Settings:
     max_queue: int = 16
 
 
+class Place:
+    """One admitted request's place in the gate, freed exactly once: by the engine job that ran the
+    request (when it ends, so a client that left cannot make room while its job still waits or runs),
+    or, for a request whose job was never submitted, when its reply is dropped."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.lock = threading.Lock()
+        self.freed = False
+        self.submitted = False
+
+    def free(self) -> None:
+        with self.lock:
+            if self.freed:
+                return
+            self.freed = True
+        self.gate.leave()
+
+    def free_unless_submitted(self) -> None:
+        if not self.submitted:
+            self.free()
+
+
 class Gate:
     """One request in the engine at a time, at most `max_queue` waiting; beyond that, 429.
 
     Every engine call runs on one dedicated thread: the queue is that thread's, and the runtimes'
-    thread pools (OpenMP for torch and llama.cpp) are built once, not once per calling thread."""
+    thread pools (OpenMP for torch and llama.cpp) are built once, not once per calling thread. A
+    request takes its place before its images are decoded, and keeps it until its job has ended."""
 
     def __init__(self, max_queue: int) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -65,8 +89,7 @@ class Gate:
         self.admitted = 0
         self.limit = max_queue + 1
 
-    def admit(self) -> Callable[[], None]:
-        """Take a place; return its release, which frees it once however often it is called."""
+    def admit(self) -> Place:
         with self.count_lock:
             if self.admitted >= self.limit:
                 raise ApiError(
@@ -75,39 +98,50 @@ class Gate:
                     code="rate_limit_exceeded",
                 )
             self.admitted += 1
-        released = threading.Event()
-
-        def release() -> None:
-            if not released.is_set():
-                released.set()
-                self.leave()
-
-        return release
+        return Place(self)
 
     def leave(self) -> None:
         with self.count_lock:
             self.admitted -= 1
 
-    async def complete(self, completion: Completion) -> str:
-        return await asyncio.wrap_future(self.executor.submit(lambda: "".join(completion)))
+    def submit(self, place: Place, job: Callable[[], Any]) -> Future:
+        """Run `job` on the engine thread; the place is freed when it ends."""
 
-    async def stream(self, completion: Completion) -> AsyncIterator[str]:
-        """Text pieces as the engine thread makes them; a client that goes away stops the generation."""
+        def run() -> Any:
+            try:
+                return job()
+            finally:
+                place.free()
+
+        place.submitted = True
+        return self.executor.submit(run)
+
+    async def complete(self, completion: Completion, place: Place) -> str:
+        return await asyncio.wrap_future(self.submit(place, lambda: "".join(completion)))
+
+    async def stream(self, completion: Completion, place: Place) -> AsyncIterator[str]:
+        """Text pieces as the engine thread makes them; a client that goes away stops the generation,
+        and a job whose client left while it waited in the queue never starts."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
 
+        def send(kind: str, value: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
         def produce() -> None:
             try:
-                for text in completion:
-                    loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
-                    if cancelled.is_set():
-                        break
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+                if not cancelled.is_set():
+                    for text in completion:
+                        send("text", text)
+                        if cancelled.is_set():
+                            break
+                send("end", None)
             except Exception as error:  # reported in the stream by the caller
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", error))
+                send("error", error)
 
-        self.executor.submit(produce)
+        self.submit(place, produce)
         try:
             while True:
                 kind, value = await queue.get()
@@ -154,7 +188,8 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), settings.api_key):
+        given, expected = token.strip().encode("utf-8", "surrogateescape"), settings.api_key.encode()
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given, expected):
             raise ApiError(
                 401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
             )
@@ -196,22 +231,22 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             chat_request = ChatRequest.model_validate_json(body)
         except ValidationError as error:
             raise ApiError(400, describe(error.errors(include_url=False))) from None
-        prompt, sampler, max_tokens = await run_in_threadpool(prepare, engine, settings, chat_request)
-        release = gate.admit()
+        place = gate.admit()  # 429 before any image is decoded
+        try:
+            prompt, sampler, max_tokens = await run_in_threadpool(prepare, engine, settings, chat_request)
+        except BaseException:
+            place.free()
+            raise
         completion = Completion(engine, prompt, sampler, max_tokens, chat_request.stop_strings(), started)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if chat_request.stream:
-            events = stream_events(completion, gate, release, metrics, reply_id, created, engine.name)
-            # a client gone before the first chunk: Starlette never starts the generator, so its `finally`
-            # never runs; the place is freed when the generator is collected instead
-            weakref.finalize(events, release)
+            events = stream_events(completion, gate, place, metrics, reply_id, created, engine.name)
             return StreamingResponse(
-                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                released_on_collection(events, place),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
             )
-        try:
-            text = await gate.complete(completion)
-        finally:
-            release()
+        text = await gate.complete(completion, place)
         metrics.completed(completion)
         return {
             "id": reply_id,
@@ -282,7 +317,7 @@ def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[A
         raise ApiError(
             400, f"max_tokens {requested} is over the server's cap of {settings.max_tokens_cap}", "max_tokens"
         )
-    max_tokens = requested or settings.default_max_tokens
+    max_tokens = requested or min(settings.default_max_tokens, settings.max_tokens_cap)
     room = engine.context - prompt.tokens
     if room < 1:
         raise ApiError(
@@ -300,23 +335,23 @@ def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[A
         )
     max_tokens = min(max_tokens, room)
     try:
-        sampler = Sampler(request.temperature, request.top_p, request.seed)
+        sampler = Sampler(request.temperature, request.top_p, request.sampling_seed())
     except ValueError as error:
         raise ApiError(400, str(error)) from None
     return prompt, sampler, max_tokens
 
 
-def released_on_collection(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
-    """A client gone before the first chunk: Starlette never starts the generator, so its `finally` never
-    runs; the queue place is then freed when the generator is collected."""
-    weakref.finalize(events, release)
+def released_on_collection(events: AsyncIterator[str], place: Place) -> AsyncIterator[str]:
+    """A client gone before the first chunk: Starlette never starts the generator, so no job is ever
+    submitted for it; the place is then freed when the generator is collected."""
+    weakref.finalize(events, place.free_unless_submitted)
     return events
 
 
 async def stream_events(
     completion: Completion,
     gate: Gate,
-    release: Callable[[], None],
+    place: Place,
     metrics: Metrics,
     reply_id: str,
     created: int,
@@ -339,7 +374,7 @@ async def stream_events(
 
     try:
         first = True
-        async for text in gate.stream(completion):
+        async for text in gate.stream(completion, place):
             yield chunk({"role": "assistant", "content": text} if first else {"content": text})
             first = False
         yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
@@ -349,8 +384,6 @@ async def stream_events(
         metrics.error(500)
         yield f"data: {json.dumps(error_body(500, f'generation failed: {type(error).__name__}'))}\n\n"
         yield "data: [DONE]\n\n"
-    finally:
-        release()
 
 
 def describe(errors: Any) -> str:

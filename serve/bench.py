@@ -235,10 +235,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for r in rows:
         api = r["api_ttft_ms"]
+        overhead = "n/a" if api is None else f"{api / r['ttft_ms']:.2f}x (+{api - r['ttft_ms']:.1f})"
         lines.append(
             f"| {r['model']} | {label(r)} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
-            f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {api:.1f} | {api / r['ttft_ms']:.2f}x "
-            f"(+{api - r['ttft_ms']:.1f}) | {r['weights_mib']:.1f} | "
+            f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {milliseconds(api)} | {overhead} | "
+            f"{r['weights_mib']:.1f} | "
             f"{r['peak_memory_mib']:.0f} | {r['ttft_ms'] / base['ttft_ms']:.2f}x | "
             f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x |"
         )
@@ -290,8 +291,10 @@ async def load(
 
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
         for _ in range(2):
-            await one(client)  # warm-up
+            await one(client)  # warm-up: neither timed nor counted
         latencies.clear()
+        statuses.clear()
+        errors = 0
         warm_rss = await server_rss(client)
         queue = list(range(requests))
         start = time.perf_counter()
@@ -337,9 +340,15 @@ def load_report(r: dict[str, Any]) -> str:
         )
     return (
         f"{r['url']}: {r['requests']} streaming requests at concurrency {r['concurrency']}: {r['errors']} errors "
-        f"(statuses {r['statuses']}), {r['throughput_rps']:.2f} requests/s, latency p50 {r['latency_p50_ms']:.0f} ms, "
-        f"p95 {r['latency_p95_ms']:.0f} ms, p99 {r['latency_p99_ms']:.0f} ms{growth}"
+        f"(statuses {r['statuses']}), {r['throughput_rps']:.2f} requests/s, latency p50 "
+        f"{milliseconds(r['latency_p50_ms'], 0, ' ms')}, p95 {milliseconds(r['latency_p95_ms'], 0, ' ms')}, "
+        f"p99 {milliseconds(r['latency_p99_ms'], 0, ' ms')}{growth}"
     )
+
+
+def milliseconds(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """A figure that may be missing (no request succeeded): "n/a" then."""
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -388,9 +397,9 @@ def run(args: argparse.Namespace) -> int:
                 args.api_key,
             )
         )
-        print(load_report(result))
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "load.json", json.dumps(result, indent=1))
+        print(load_report(result))
         return 0 if result["errors"] == 0 else 1
     backends = args.backends or [None] * len(args.models)
     if len(backends) != len(args.models):

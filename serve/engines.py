@@ -91,7 +91,8 @@ class Engine:
         return count - (1 if self.processor.vision_feature_select_strategy == "default" else 0)
 
     def stream(self, prompt: Prompt, sampler: Sampler, max_tokens: int) -> Iterator[Piece]:
-        """Sample up to max_tokens new tokens; yield text as soon as it is complete UTF-8."""
+        """Sample up to max_tokens new tokens; one piece per token, its text what the token completes
+        ("" while a multi-byte character still waits for its next bytes)."""
         logits = self.start(prompt)
         tokens: list[int] = []
         emitted = ""
@@ -104,7 +105,9 @@ class Engine:
             tokens.append(token)
             with self.tokenizer_lock:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # a multi-byte character still incomplete
+            if text.endswith("\ufffd"):  # a multi-byte character still incomplete
+                yield Piece("", token)
+            else:
                 yield Piece(text[len(emitted) :], token)
                 emitted = text
             self.last_finish = Finish("length", len(tokens))
@@ -200,6 +203,11 @@ class LlamaCppEngine(Engine):
         self.runner = GgufLlava(path, quant, threads=threads)
         super().__init__(path, self.runner.processor, self.runner.eos_ids, self.runner.llm.n_ctx())
         self.name = f"{self.name}-{self.runner.quant}"
+
+    def prompt(self, messages: list[dict[str, str]], images: list[Image.Image]) -> Prompt:
+        prompt = super().prompt(messages, images)
+        self.runner.refuse_media_marker(prompt.text)  # a 400 at rendering, not a failure mid-stream
+        return prompt
 
     def start(self, prompt: Prompt) -> np.ndarray:
         return self.runner.prompt_pass(prompt.images, prompt.text)

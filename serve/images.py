@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serve.errors import ApiError
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # what is decoded: no EPS (Ghostscript) and the like
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ def read_image(url: str, limits: ImageLimits) -> Image.Image:
 
 
 def image_bytes(url: str, limits: ImageLimits) -> bytes:
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":  # URL schemes are case-insensitive
         header, _, payload = url.partition(",")
         if ";base64" not in header:
             raise ApiError(
@@ -101,7 +104,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise too_large(len(data), limits)
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
         width, height = image.size
         if width * height > limits.max_pixels:
             raise ApiError(
@@ -110,7 +113,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
                 "image_url",
             )
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
     except ApiError:
         raise
     except Image.DecompressionBombError as error:  # PIL's own, larger limit tripped at open
@@ -119,6 +122,18 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ApiError(400, f"image_url: the bytes are not a readable image ({error})", "image_url") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. PIL's own conversion clips 16-bit and 32-bit grey to 255, so those are scaled first."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def too_large(size: int, limits: ImageLimits) -> ApiError:

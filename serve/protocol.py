@@ -5,14 +5,22 @@
 
 Content parts of type `image_url` become the checkpoint's image placeholder ("<image>\\n" before the
 text, as the training data has it); `text` parts are joined. Unknown fields are ignored, as OpenAI's
-API ignores them; wrong types and out-of-range values are refused with the field named.
+API ignores them, except the ones that would change the reply in a way this server cannot honour
+(`n` > 1, logprobs, tools, a JSON response format, logit bias, penalties): those are refused, as are
+wrong types and out-of-range values, with the field named. At most 4 stop strings, as OpenAI allows.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOPS = 4
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text"]
 
 
 class ImageUrl(BaseModel):
@@ -40,13 +48,27 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: str | list[str] | None = Field(None, max_length=MAX_STOPS)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
+    # accepted only at the values that change nothing: the server has no other behaviour for them
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    logprobs: Literal[False] | None = None
+    top_logprobs: Literal[0] | None = None
+    tools: list[Any] | None = Field(None, max_length=0)
+    tool_choice: Literal["none"] | None = None
+    response_format: ResponseFormat | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=0)
+    presence_penalty: float = Field(0.0, ge=0, le=0)
+    frequency_penalty: float = Field(0.0, ge=0, le=0)
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return [s for s in stops if s]
+
+    def sampling_seed(self) -> int | None:
+        """numpy's generators take non-negative seeds; OpenAI's are any 64-bit integer."""
+        return None if self.seed is None else self.seed % 2**64
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -25,8 +25,9 @@ class Sampler:
         logits = np.asarray(logits, dtype=np.float64)
         if self.temperature == 0:
             return int(np.argmax(logits))
-        scaled = logits / self.temperature
-        probabilities = np.exp(scaled - scaled.max())
+        with np.errstate(over="ignore", invalid="ignore"):  # a tiny temperature sends the rest to -inf
+            scaled = (logits - logits.max()) / self.temperature  # shifted first: the top stays at 0
+        probabilities = np.exp(np.nan_to_num(scaled, nan=-np.inf))
         probabilities /= probabilities.sum()
         if self.top_p < 1:
             order = np.argsort(-probabilities, kind="stable")

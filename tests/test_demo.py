@@ -57,6 +57,40 @@ def test_the_api_backend_gives_the_same_answer(engine, example):
     assert "time to first token" in stats
 
 
+def test_the_history_gradio_hands_back_reaches_the_model(engine, example):
+    """Gradio 6's Chatbot returns its value as typed parts; the earlier turns must survive the trip."""
+    import gradio as gr
+
+    from demo.app import text_history
+
+    image_path, question = example
+    chat = list(respond(LocalChat(engine), {"text": question, "files": [str(image_path)]}, []))[-1][0]
+    chat[-1]["content"] = "A red circle."  # (the tiny test student may answer with blank lines only)
+    bot = gr.Chatbot()
+    posted = bot.postprocess(chat)
+    returned = bot.preprocess(type(posted).model_validate(posted.model_dump()))
+    history, last_image = text_history(returned)
+    assert [m["content"] for m in history] == [question, chat[-1]["content"]]
+    assert last_image == str(image_path)
+
+
+def test_a_long_conversation_drops_its_oldest_turns_and_a_refusal_is_shown(engine, example):
+    image_path, question = example
+    long_ago = [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "ok " * 60}]
+    history = long_ago * 6  # far past the tiny model's 512-token context
+    for chat in (
+        LocalChat(engine, max_tokens=8),
+        ApiChat("http://testserver/v1", http_client=TestClient(create_app(engine)), max_tokens=8),
+    ):
+        answer, stats = list(chat.stream(history, question, None))[-1]
+        assert answer and stats["tokens"] >= 1
+    turns = list(
+        respond(LocalChat(engine), {"text": "what is <image> here?", "files": [str(image_path)]}, [])
+    )
+    chat, _, stats = turns[-1]
+    assert stats.startswith("No answer:") and chat[-1]["role"] == "user"
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt install chromium)")
 def test_a_headless_browser_uploads_an_image_asks_and_reads_the_answer(engine, example):
     playwright = pytest.importorskip(

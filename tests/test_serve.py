@@ -55,6 +55,7 @@ def test_sampler_is_greedy_at_zero_reproducible_with_a_seed_and_keeps_the_nucleu
     assert {nucleus(logits) for _ in range(50)} == {1}  # token 1 alone holds half the mass
     with pytest.raises(ValueError, match="top_p"):
         Sampler(1.0, top_p=0.0)
+    assert Sampler(1e-310, seed=0)(logits) == 1  # a vanishing temperature is greedy, not NaN
 
 
 def test_stop_strings_hold_back_only_what_could_still_become_a_stop():
@@ -111,6 +112,9 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
     assert files and all(f.is_file() and (".onnx" if export == "onnx" else ".gguf") in f.name for f in files)
     if export == "gguf":
         assert {f.name.startswith("mmproj") for f in files} == {True, False}  # the LM and the vision tower
+        typed = {"messages": [{"role": "user", "content": "say <__media__>"}], "max_tokens": 2}
+        refused = client_for(other).post("/v1/chat/completions", json=typed)  # mtmd's own image marker
+        assert refused.status_code == 400 and "reserves" in refused.json()["error"]["message"]
 
 
 def test_the_torch_engine_loads_as_saved_or_in_the_asked_dtype(student_dir, engine, picture):
@@ -164,6 +168,8 @@ def test_stream_ends_with_done_and_a_stop_string_cuts_the_text(engine, picture):
     cut = client.post("/v1/chat/completions", json={**body, "stop": stop}).json()
     assert cut["choices"][0]["message"]["content"] == full[: full.index(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
+    openai_defaults = {"n": 1, "seed": -5, "temperature": 0.7, "tools": [], "logprobs": False}
+    assert client.post("/v1/chat/completions", json={**body, **openai_defaults}).status_code == 200
     events = client.post("/v1/chat/completions", json={**body, "stream": True}).text.strip().split("\n\n")
     assert events[-1] == "data: [DONE]"
     final = json.loads(events[-2].removeprefix("data: "))
@@ -218,6 +224,12 @@ def bomb_png():
             "limit is 1",
         ),
         (lambda b: {**b, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "context"),
+        (lambda b: {**b, "n": 2}, 400, "n:"),  # what the server cannot honour is refused, not ignored
+        (lambda b: {**b, "logprobs": True}, 400, "logprobs"),
+        (lambda b: {**b, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        (lambda b: {**b, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        (lambda b: {**b, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        (lambda b: {**b, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ],
 )
 def test_bad_requests_get_openai_style_errors(engine, picture, change, status, words):
@@ -238,15 +250,57 @@ def test_size_key_and_queue_limits(engine, picture):
     locked = client_for(engine, api_key="k")
     assert locked.get("/v1/models").status_code == 401
     assert locked.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        locked.get("/v1/models", headers={"Authorization": "Bearer sécret".encode("latin-1")}).status_code
+        == 401
+    )
     app = create_app(engine, Settings(max_queue=0))
-    release = app.state.gate.admit()  # one request already in the engine, none may wait
-    busy = TestClient(app).post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    place = app.state.gate.admit()  # one request already in the engine, none may wait
+    busy = TestClient(app).post(  # refused before its image is even read (these bytes are no image)
+        "/v1/chat/completions", json={"messages": [image_message("data:image/png;base64,AAAA")]}
     )
     assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
-    release()
-    release()  # freed once, however often
+    place.free()
+    place.free()  # freed once, however often
     assert app.state.gate.admitted == 0
+    capped = client_for(engine, max_tokens_cap=3)  # the default max_tokens (256) is capped too
+    reply = capped.post("/v1/chat/completions", json={"messages": [image_message(data_url(picture))]})
+    assert reply.json()["usage"]["completion_tokens"] <= 3
+
+
+def test_a_client_that_leaves_the_queue_keeps_its_place_until_its_job_is_skipped(engine, picture):
+    """Leaving must not make room while the job still waits on the engine thread, and the job, once
+    it comes up, must not run the model for nobody."""
+    import asyncio
+    import threading
+
+    from serve.app import Gate
+    from serve.generation import Completion
+
+    gate, running = Gate(max_queue=1), threading.Event()
+    gate.submit(gate.admit(), running.wait)  # the engine thread is busy
+    prompts = []
+    real_start = engine.start
+    engine.start = lambda prompt: prompts.append(prompt) or real_start(prompt)
+    try:
+        prompt = engine.prompt([{"role": "user", "content": f"<image>\n{QUESTION}"}], [picture])
+        completion = Completion(engine, prompt, Sampler(0.0), 4, [], 0.0)
+
+        async def leave_while_queued() -> None:
+            events = gate.stream(completion, gate.admit())
+            waiting = asyncio.ensure_future(events.__anext__())
+            await asyncio.sleep(0.05)
+            waiting.cancel()  # the client goes away
+            await asyncio.gather(waiting, return_exceptions=True)
+            await events.aclose()
+
+        asyncio.run(leave_while_queued())
+        assert gate.admitted == 2  # still queued: no room made yet
+        running.set()
+        gate.executor.submit(lambda: None).result(timeout=30)  # the queue has drained
+        assert gate.admitted == 0 and prompts == []
+    finally:
+        engine.start = real_start
 
 
 def test_a_stream_never_started_frees_its_place_when_collected(engine):
@@ -256,8 +310,8 @@ def test_a_stream_never_started_frees_its_place_when_collected(engine):
     from serve.metrics import Metrics
 
     gate = Gate(max_queue=0)
-    release = gate.admit()
-    events = released_on_collection(stream_events(None, gate, release, Metrics(), "id", 0, "m"), release)
+    place = gate.admit()
+    events = released_on_collection(stream_events(None, gate, place, Metrics(), "id", 0, "m"), place)
     assert gate.admitted == 1
     del events
     gc.collect()
@@ -297,3 +351,49 @@ def test_schemathesis_finds_no_server_error(engine):
             assert response.status_code < 500, (case.method, case.path, case.body, response.text)
 
         no_server_error()
+
+
+class Scripted(Sampler):
+    """Chooses the given tokens in turn (the engine still runs the model for each step)."""
+
+    def __init__(self, tokens):
+        super().__init__(0.0)
+        self.tokens = list(tokens)
+
+    def __call__(self, logits):
+        return self.tokens.pop(0)
+
+
+def test_every_token_is_counted_also_the_bytes_of_one_character(engine):
+    ids = engine.tokenizer.encode("🦙🦙🦙", add_special_tokens=False)
+    assert len(ids) > 3  # byte-level pieces: most of them complete no character on their own
+    eos = next(iter(engine.eos_ids))
+    prompt = engine.prompt([{"role": "user", "content": "hi"}], [])
+    run = Completion(engine, prompt, Scripted([*ids, eos]), 64, [], started=0.0)
+    assert "".join(run) == "🦙🦙🦙"
+    assert run.completion_tokens == len(ids) and run.finish_reason == "stop"
+
+
+def test_images_16_bit_grey_is_scaled_not_clipped_and_the_scheme_is_case_insensitive(picture):
+    from serve.images import decode_image, image_bytes
+
+    ramp = np.tile(np.linspace(0, 255, 256).astype(np.uint8), (8, 1))
+    eight, sixteen = (
+        np.asarray(decode_image(data, ImageLimits()))
+        for data in (
+            png_bytes(Image.fromarray(ramp)),
+            png_bytes(Image.fromarray(ramp.astype(np.uint16) * 257)),
+        )
+    )
+    assert np.array_equal(eight, sixteen)
+    url = data_url(picture)
+    assert image_bytes("DATA" + url[4:], ImageLimits()) == image_bytes(url, ImageLimits())
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    with pytest.raises(Exception, match="not a readable image"):
+        decode_image(eps, ImageLimits())  # only the usual formats are decoded (EPS would run Ghostscript)
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

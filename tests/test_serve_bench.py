@@ -30,7 +30,7 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
 
 def test_load_mode_against_a_running_server(shapes, student_dir, tmp_path, capsys):
     server = uvicorn.Server(
-        uvicorn.Config(create_app(open_engine(student_dir), Settings()), port=0, log_level="error")
+        uvicorn.Config(create_app(open_engine(student_dir), Settings(api_key="k")), port=0, log_level="error")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -39,14 +39,15 @@ def test_load_mode_against_a_running_server(shapes, student_dir, tmp_path, capsy
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         args = ["bench", "--url", f"http://127.0.0.1:{port}", "--concurrency", "4", "--requests", "12"]
-        assert (
-            main([*args, "--new-tokens", "3", "--data", str(shapes / "test.json"), "--out", str(tmp_path)])
-            == 0
-        )
+        args += ["--new-tokens", "3", "--data", str(shapes / "test.json"), "--out", str(tmp_path)]
+        assert main([*args, "--api-key", "k"]) == 0
+        printed = capsys.readouterr().out
+        assert "12 streaming requests at concurrency 4: 0 errors" in printed
+        result = json.loads((tmp_path / "load.json").read_text())
+        assert result["latency_p95_ms"] > 0 and result["server_rss_after_run_mib"] > 0
+        assert main(args) == 1  # no key: every request refused, and still a report
+        assert "12 errors" in capsys.readouterr().out
+        assert json.loads((tmp_path / "load.json").read_text())["latency_p95_ms"] is None
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    printed = capsys.readouterr().out
-    assert "12 streaming requests at concurrency 4: 0 errors" in printed
-    result = json.loads((tmp_path / "load.json").read_text())
-    assert result["latency_p95_ms"] > 0 and result["server_rss_after_run_mib"] > 0
