@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -21,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from serve.errors import ApiError
 
+FETCH_SECONDS = 30  # the whole download of a remote image
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # what is decoded: no EPS (Ghostscript) and the like
 
 
@@ -52,7 +54,11 @@ def image_bytes(url: str, limits: ImageLimits) -> bytes:
             )
         if len(payload) * 3 // 4 > limits.max_bytes:
             raise too_large(len(payload) * 3 // 4, limits)
+        payload = "".join(unquote(payload).split())  # MIME line breaks, %-escapes
+        payload += "=" * (-len(payload) % 4)  # padding left out
         try:
+            if "-" in payload or "_" in payload:  # the URL-safe alphabet
+                return base64.b64decode(payload, altchars=b"-_", validate=True)
             return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "image_url: the data: URL is not valid base64", "image_url") from None
@@ -86,7 +92,7 @@ def image_bytes(url: str, limits: ImageLimits) -> bytes:
 def fetch(url: str, limits: ImageLimits) -> bytes:
     import httpx
 
-    chunks, total = [], 0
+    chunks, total, deadline = [], 0, time.monotonic() + FETCH_SECONDS
     try:
         with httpx.stream("GET", url, timeout=10.0, follow_redirects=True) as response:
             response.raise_for_status()
@@ -94,6 +100,10 @@ def fetch(url: str, limits: ImageLimits) -> bytes:
                 total += len(chunk)
                 if total > limits.max_bytes:
                     raise too_large(total, limits)
+                if time.monotonic() > deadline:  # a server feeding a byte at a time
+                    raise ApiError(
+                        400, f"image_url: {url} took over {FETCH_SECONDS} s to download", "image_url"
+                    )
                 chunks.append(chunk)
     except httpx.HTTPError as error:
         raise ApiError(400, f"image_url: could not fetch {url}: {error}", "image_url") from None

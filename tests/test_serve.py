@@ -387,7 +387,13 @@ def test_images_16_bit_grey_is_scaled_not_clipped_and_the_scheme_is_case_insensi
     )
     assert np.array_equal(eight, sixteen)
     url = data_url(picture)
-    assert image_bytes("DATA" + url[4:], ImageLimits()) == image_bytes(url, ImageLimits())
+    raw = image_bytes(url, ImageLimits())
+    assert image_bytes("DATA" + url[4:], ImageLimits()) == raw
+    payload = base64.b64encode(raw).decode()
+    wrapped = "\n".join(payload[i : i + 76] for i in range(0, len(payload), 76))  # as MIME writes it
+    url_safe = base64.urlsafe_b64encode(raw).decode().rstrip("=")  # and unpadded
+    for other in (wrapped, url_safe):
+        assert image_bytes("data:image/png;base64," + other, ImageLimits()) == raw
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
     with pytest.raises(Exception, match="not a readable image"):
         decode_image(eps, ImageLimits())  # only the usual formats are decoded (EPS would run Ghostscript)
