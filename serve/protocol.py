@@ -3,8 +3,9 @@
     request = ChatRequest.model_validate_json(body)
     messages, image_urls = template_messages(request, image_text="<image>")
 
-Content parts of type `image_url` become the checkpoint's image placeholder ("<image>\\n" before the
-text, as the training data has it); `text` parts are joined. Unknown fields are ignored, as OpenAI's
+Content parts of type `image_url` become the checkpoint's image placeholder, all of them before the
+text ("<image>\\n" each, in order, as the training data has it and as vLLM places them for LLaVA);
+`text` parts are joined by newlines. Unknown fields are ignored, as OpenAI's
 API ignores them, except the ones that would change the reply in a way this server cannot honour
 (`n` > 1, logprobs, tools, a JSON response format, logit bias, penalties): those are refused, as are
 wrong types and out-of-range values, with the field named. At most 4 stop strings, as OpenAI allows.
@@ -90,5 +91,5 @@ def template_messages(request: ChatRequest, image_text: str) -> tuple[list[dict[
                 images.append(f"{image_text}\n")
             else:
                 texts.append(part.text or "")
-        messages.append({"role": message.role, "content": "".join(images) + "".join(texts)})
+        messages.append({"role": message.role, "content": "".join(images) + "\n".join(texts)})
     return messages, urls

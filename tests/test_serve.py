@@ -403,3 +403,20 @@ def png_bytes(image):
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_image_parts_go_first_in_order_and_text_parts_are_joined_by_newlines():
+    from serve.protocol import ChatRequest, template_messages
+
+    parts = [
+        {"type": "text", "text": "Compare"},
+        {"type": "image_url", "image_url": {"url": "data:a"}},
+        {"type": "text", "text": "with"},
+        {"type": "image_url", "image_url": "data:b"},
+    ]
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": parts}]})
+    messages, urls = template_messages(request, "<image>")
+    assert messages == [{"role": "user", "content": "<image>\n<image>\nCompare\nwith"}] and urls == [
+        "data:a",
+        "data:b",
+    ]
