@@ -12,6 +12,7 @@ This module is the generic machinery; the fields themselves live in `distill.run
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,12 +45,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # X | None: X's own error names the key that is wrong inside it
+            return _coerce(value, members[0], key)
+        for arg in members:
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -79,13 +82,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
+        if not isinstance(value, str):  # YAML reads 010 as 8 and 0x1F as 31: no silent conversion
+            raise ConfigError(f"{key}: expected a string, got {value!r} (quote it in YAML: '...')")
+        return value
     return value
 
 
@@ -164,8 +167,14 @@ def save_config(config: Any, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def check_range(key: str, value: float, low: float | None = None, high: float | None = None) -> None:
-    """Raise ConfigError naming `key` when `value` lies outside [low, high]."""
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+def check_range(
+    key: str, value: float, low: float | None = None, high: float | None = None, high_open: bool = False
+) -> None:
+    """Raise ConfigError naming `key` when `value` lies outside [low, high] ([low, high) with
+    `high_open`), or is NaN (which every comparison lets through)."""
+    above = high is not None and (value >= high if high_open else value > high)
+    if math.isnan(value) or (low is not None and value < low) or above:
+        bounds = (
+            f"[{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
+        )
         raise ConfigError(f"{key} = {value} is outside the allowed range {bounds}")

@@ -34,7 +34,8 @@ def to_messages(conversations: Any, require_reply: bool = True) -> list[dict[str
         if (
             not isinstance(turn, dict)
             or not isinstance(turn.get("value"), str)
-            or turn.get("from") not in ROLES
+            or not isinstance(turn.get("from"), str)
+            or turn["from"] not in ROLES
         ):
             raise DataError(
                 f"turn {turn_index} must be {{'from': human|gpt|system, 'value': str}}, got {str(turn)[:80]!r}"

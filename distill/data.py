@@ -99,7 +99,6 @@ class LlavaDataset(Dataset):
             views["teacher"].image_signature() != views["student"].image_signature()
         )
         self.skipped: Counter[str] = Counter()
-        self._bad_images = multiprocessing.Value("i", 0)
         records = read_records(self.path)[:max_records]
         # (input_ids, labels, instruction mask, image file, record index), before image expansion
         self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]] = []
@@ -114,6 +113,9 @@ class LlavaDataset(Dataset):
                 self.skipped[str(error).split(":")[0]] += 1
         if not self.examples:
             raise DataError(f"{self.path}: no usable records (skipped: {dict(self.skipped)})")
+        # which examples' images turned out corrupt when read (images are decoded lazily); shared with the
+        # DataLoader's worker processes, so each bad record counts once however often it is drawn
+        self._bad_images = multiprocessing.Array("b", len(self.examples))
 
     # -- up-front checks and tokenization -----------------------------------------------------
     def _encode(self, record: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]:
@@ -126,6 +128,12 @@ class LlavaDataset(Dataset):
         except DataError as error:
             raise DataError(f"malformed record: {error}") from None
         placeholders = int((ids == student.encoder.image_token_id).sum())
+        if any(
+            t["from"] == "gpt" and student.encoder.image_token in t["value"] for t in record["conversations"]
+        ):
+            raise DataError(
+                f"image-token mismatch: {student.encoder.image_token} in a gpt turn (images go in human turns)"
+            )
         if image is not None:
             if not isinstance(image, str):
                 raise DataError(f"image-token mismatch: 'image' must be one file name, got {image!r}")
@@ -168,7 +176,8 @@ class LlavaDataset(Dataset):
 
     @property
     def bad_images(self) -> int:
-        return self._bad_images.value
+        """Records skipped so far for a corrupt image (each counted once)."""
+        return sum(self._bad_images)
 
     def _load_image(self, name: str, index: int) -> Image.Image:
         path = self.image_folder / name
@@ -200,14 +209,14 @@ class LlavaDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self.examples)):
-            ids, labels, instruction, image_name, index = self.examples[(i + attempt) % len(self.examples)]
+            position = (i + attempt) % len(self.examples)
+            ids, labels, instruction, image_name, index = self.examples[position]
             try:
                 image = self._load_image(image_name, index) if image_name is not None else None
             except DataError:
                 if not self.skip_bad_records:
                     raise
-                with self._bad_images.get_lock():
-                    self._bad_images.value += 1
+                self._bad_images[position] = 1  # its place in the batch goes to the next record
                 continue
             item = self._view_tensors(self.views["student"], ids, labels, instruction, image)
             if self.teacher_separate:
@@ -221,7 +230,8 @@ class LlavaDataset(Dataset):
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
         if self.bad_images:
             detail = ", ".join(filter(None, [detail, f"corrupt image: {self.bad_images}"]))
-        return f"{len(self.examples)} records used, {skipped} skipped" + (f" ({detail})" if detail else "")
+        used = len(self.examples) - self.bad_images
+        return f"{used} records used, {skipped} skipped" + (f" ({detail})" if detail else "")
 
 
 class PaddingCollator:

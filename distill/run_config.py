@@ -97,6 +97,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_range("data.max_length", self.max_length, 8)
+        if self.max_records is not None:
+            check_range("data.max_records", self.max_records, 1)
 
 
 @dataclass
@@ -153,7 +155,7 @@ class LossConfig:
         check_range("loss.w_kd", self.w_kd, 0.0)
         check_range("loss.temperature", self.temperature, 1e-3)
         check_range("loss.jsd_beta", self.jsd_beta, 0.0, 1.0)
-        check_range("loss.skew_alpha", self.skew_alpha, 0.0, 1.0)
+        check_range("loss.skew_alpha", self.skew_alpha, 0.0, 1.0, high_open=True)  # 1: log(0)
         check_range("loss.kl_chunk_size", self.kl_chunk_size, 0)
         check_range("loss.w_iva", self.w_iva, 0.0)
         check_range("loss.w_tpa", self.w_tpa, 0.0)
@@ -224,7 +226,8 @@ class TrainConfig:
         check_range("train.batch_size", self.batch_size, 1)
         check_range("train.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         check_range("train.learning_rate", self.learning_rate, 0.0, 1.0)
-        check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        # below 1: transformers reads a warmup_steps of 1 or more as a count of steps
+        check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
         check_range("train.decay_ratio", self.decay_ratio, 0.0, 1.0)
         if self.lr_scheduler == "warmup_stable_decay" and self.max_steps <= 0:
             raise ConfigError(

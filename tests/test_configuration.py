@@ -60,6 +60,12 @@ def test_dotted_overrides_are_typed(tmp_path):
         (BASE, ["train.train_modules=[eyes]"], "train.train_modules[0]"),
         (BASE, ["train.max_steps"], "not of the form key.sub=value"),
         (BASE, ["train.lr_scheduler=warmup_stable_decay"], "warmup_stable_decay needs train.max_steps"),
+        (BASE, ["loss.w_sft=.nan"], "loss.w_sft: expected a number, got nan"),
+        (BASE, ["train.output_dir=010"], "train.output_dir: expected a string, got 8"),  # YAML's octal
+        (BASE, ["data.max_records=-3"], "data.max_records = -3 is outside"),
+        (BASE, ["train.warmup_ratio=1.0"], "train.warmup_ratio = 1.0 is outside the allowed range"),
+        (BASE, ["model.arch.hiden_size=64"], "unknown config key 'model.arch.hiden_size'"),  # nested, named
+        (BASE, ["loss.skew_alpha=1"], "loss.skew_alpha = 1.0 is outside"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, overrides, message):

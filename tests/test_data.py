@@ -60,6 +60,7 @@ def test_a_system_turn_is_never_supervised(tokenizer):
         ([{"from": "human", "value": "a"}], "no gpt turn"),
         ([{"from": "robot", "value": "a"}], "turn 0 must be"),
         ([{"from": "human", "value": 3}], "turn 0 must be"),
+        ([{"from": ["human"], "value": "a"}], "turn 0 must be"),  # not a crash on an unhashable role
     ],
 )
 def test_malformed_conversations_are_refused(tokenizer, conversation, message):
@@ -135,6 +136,13 @@ def good(i, image="images/a.png"):
             "image-token mismatch",
         ),
         (good(9, image="images/missing.png"), "missing image"),
+        (
+            {
+                "image": "images/a.png",
+                "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "<image>\nx"}],
+            },
+            "image-token mismatch: <image> in a gpt turn",
+        ),
     ],
 )
 def test_bad_records_name_the_file_and_index(tmp_path, shapes, tokenizer, bad, message):
@@ -161,7 +169,10 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(tmp_path, shapes, tokeni
         dataset[0]
     skipping = LlavaDataset(path, {"student": view(tokenizer)}, skip_bad_records=True, progress=False)
     assert torch.equal(skipping[0]["input_ids"], skipping[1]["input_ids"])  # replaced by the next record
+    for _ in range(3):  # epochs: the bad record is met again, and still counts once
+        [skipping[i] for i in range(len(skipping))]
     assert skipping.bad_images == 1 and "corrupt image: 1" in skipping.report()
+    assert skipping.report().startswith("1 records used, 1 skipped")
 
 
 def test_truncation_keeps_the_image_block_whole(tmp_path, shapes, tokenizer):
