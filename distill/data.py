@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -70,7 +71,7 @@ def read_records(path: str | Path) -> list[Any]:
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         else:
             records = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of records at the top level")
@@ -125,7 +126,7 @@ class LlavaDataset(Dataset):
         student = self.views["student"]
         try:
             ids, labels, instruction = student.encoder.encode_with_instruction(record["conversations"])
-        except DataError as error:
+        except (DataError, TemplateError) as error:  # TemplateError: the chat template's own refusal
             raise DataError(f"malformed record: {error}") from None
         placeholders = int((ids == student.encoder.image_token_id).sum())
         if any(
@@ -184,7 +185,7 @@ class LlavaDataset(Dataset):
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{self.path}, record {index}: corrupt image {path} ({error})") from None
 
     def _view_tensors(

@@ -15,6 +15,7 @@ scheduler, RNG and trainer state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -251,6 +252,8 @@ class DistillTrainer(ObjectiveMixin, Trainer):
             if os.path.exists(target):
                 shutil.rmtree(target)
             os.replace(staged, target)
+            with contextlib.suppress(OSError):  # the staging folder goes once it is empty
+                os.rmdir(staging_root)
             rotate_checkpoints(
                 run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=False
             )

@@ -133,6 +133,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes):
     with pytest.raises(KeyboardInterrupt):
         fit(s)
     assert resume_point(cfg.train.output_dir, resume=True).endswith("checkpoint-4")
+    assert not (tmp_path / "killed" / ".partial").exists()  # no empty staging folder left behind
     with pytest.raises(FileExistsError, match="pass --resume"):
         run_training(cfg)
     resumed = weights(run_training(cfg, resume=True))
