@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -144,7 +145,12 @@ def load_processor(path: str | Path) -> Any:
             f"{path}: no processor saved beside the weights (need tokenizer_config.json and processor_config.json "
             "or preprocessor_config.json); save it with processor.save_pretrained(path)"
         )
-    return AutoProcessor.from_pretrained(path)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ModelFormatError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ModelFormatError(f"{path}: the processor could not be read ({error})") from None
 
 
 def check_llava_dir(path: str | Path) -> Any:
@@ -170,12 +176,17 @@ def load_llava(
         raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
     check_llava_dir(path)
     processor = load_processor(path)
-    model = LlavaForConditionalGeneration.from_pretrained(
-        path,
-        dtype="auto" if dtype == "auto" else DTYPES[dtype],
-        attn_implementation=attn_implementation,
-        local_files_only=True,
-    )
+    if not any(Path(path).glob("*.safetensors")) and not any(Path(path).glob("pytorch_model*.bin")):
+        raise ModelFormatError(f"{path}: no weights (*.safetensors or pytorch_model*.bin)")
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path,
+            dtype="auto" if dtype == "auto" else DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+        )
+    except (OSError, ValueError, SafetensorError) as error:  # a truncated or corrupt weights file
+        raise ModelFormatError(f"{path}: the weights could not be read ({error})") from None
     if device is not None:
         model.to(device)
     return model, processor

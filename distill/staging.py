@@ -9,6 +9,7 @@ save_figure(figure, Path("runs/eval/suite.png"))     # a matplotlib figure, clos
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,12 +26,29 @@ def staged_directory(out: Path) -> Iterator[Path]:
     try:
         yield staging
         staging.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        for path in staging.rglob("*"):  # so do some writers (ONNX's external data): umask rules
+            if path.is_file():
+                path.chmod(0o666 & ~_umask())
+        if out.exists():  # the old folder steps aside first, and is deleted only once the new one is in
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(backup / out.name)
+            try:
+                staging.rename(out)
+            except BaseException:
+                (backup / out.name).rename(out)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -29,7 +29,7 @@ from distill.data import read_records
 from distill.heldout import FAMILIES, _prompt, generate_answers, score, select
 from distill.modeling import load_llava
 from export.gguf_runner import GgufLlava, read_gguf_manifest
-from export.onnx_export import label
+from export.onnx_export import ExportError, label, source_hash
 from export.onnx_runner import OnnxLlava
 
 
@@ -103,9 +103,30 @@ def accuracy(records: list[dict[str, Any]], answers: list[str]) -> float:
     return 100 * score(records, answers)["overall"]["accuracy"]
 
 
+def check_sources(model_dir: Path, exports: list[Path]) -> None:
+    """Refuse exports made from another checkpoint: their differences would read as export error."""
+    expected = source_hash(model_dir)
+    for path in exports:
+        manifest = path / "manifest.json"
+        made_from = json.loads(manifest.read_text()).get("source_sha256") if manifest.is_file() else None
+        if made_from != expected:
+            raise ExportError(
+                f"{path} was not exported from {model_dir} (source hash {str(made_from)[:12]} vs "
+                f"{expected[:12]}); re-export it, or pass --any-source to compare anyway"
+            )
+
+
 def check(
-    model_dir: Path, exports: list[Path], data: Path, prompts: int, new_tokens: int, per_family: int
+    model_dir: Path,
+    exports: list[Path],
+    data: Path,
+    prompts: int,
+    new_tokens: int,
+    per_family: int,
+    any_source: bool = False,
 ) -> dict[str, Any]:
+    if not any_source:
+        check_sources(model_dir, exports)
     model, processor = load_llava(model_dir)
     model.eval()
     folder = data.parent
@@ -172,6 +193,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, type=Path, help="the PyTorch checkpoint the exports came from"
     )
     parser.add_argument("--export", required=True, nargs="+", type=Path, help="export folders to compare")
+    parser.add_argument(
+        "--any-source",
+        action="store_true",
+        help="compare exports made from another checkpoint too (refused by default: their manifest's hash)",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/shapes/test.json"), help="held-out questions")
     parser.add_argument("--prompts", type=int, default=16, help="prompts for the logit and token comparison")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens compared per prompt")
@@ -182,7 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = check(args.model, args.export, args.data, args.prompts, args.new_tokens, args.per_family)
+    result = check(
+        args.model, args.export, args.data, args.prompts, args.new_tokens, args.per_family, args.any_source
+    )
     print(report(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

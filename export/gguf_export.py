@@ -36,9 +36,9 @@ from PIL import Image
 
 from distill.modeling import check_llava_dir, load_llava
 from distill.staging import staged_directory
-from export.gguf_text import architecture, write_text_gguf
+from export.gguf_text import architecture, check_byte_level_bpe, write_text_gguf
 from export.gguf_vision import MMPROJ_TYPES, check_vision, write_mmproj
-from export.onnx_export import ExportError, source_hash
+from export.onnx_export import ExportError, check_output_folder, source_hash
 
 QUANT_TYPES = {
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
@@ -83,10 +83,12 @@ def export_gguf(
     model, processor = load_llava(model_dir)
     try:
         architecture(model.config.get_text_config())
+        check_byte_level_bpe(processor.tokenizer)
     except ValueError as error:
         raise ExportError(str(error)) from None
     check_vision(model.config)
-    base = "f32" if quants == ["f32"] else "f16"
+    check_output_folder(model_dir, out)
+    base = "f32" if "f32" in quants else "f16"  # the file the quantizer starts from
     files = {}
     with staged_directory(out) as staging:
         vision_type = mmproj_type or base
@@ -98,9 +100,12 @@ def export_gguf(
         write_manifest(staging, model_dir, {base: source.name}, mmproj.name)
         difference = verify_mmproj(staging, base, model, processor)
         for name in quants:
-            if name in ("f32", "f16"):
+            if name == base:
                 continue
-            quantize(source, staging / f"model-{name}.gguf", name)
+            if name in ("f32", "f16"):  # both asked for: the other float file written too
+                write_text_gguf(model, processor.tokenizer, staging / f"model-{name}.gguf", name)
+            else:
+                quantize(source, staging / f"model-{name}.gguf", name)
             files[name] = out / f"model-{name}.gguf"
         if base not in quants:
             source.unlink()

@@ -191,10 +191,18 @@ class GgufLlava:
         self.llm.reset()
         self.llm._ctx.kv_cache_clear()
         if self.mtmd is None and not images:
-            self.llm.eval(self.llm.tokenize(text.encode(), add_bos=False, special=True))
+            tokens = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(tokens) >= self.llm.n_ctx():
+                raise ValueError(
+                    f"the prompt is {len(tokens)} tokens; the model's context is {self.llm.n_ctx()}"
+                )
+            self.llm.eval(tokens)
             return self.last_logits()
         chunks = self._chunks(images, text)
         try:
+            needed = mtmd.mtmd_helper_get_n_tokens(chunks)
+            if needed >= self.llm.n_ctx():
+                raise ValueError(f"the prompt is {needed} tokens; the model's context is {self.llm.n_ctx()}")
             pieces = list(self._iterate(chunks))
             if pieces[-1][1] != "text":
                 raise ValueError(
@@ -237,10 +245,14 @@ class GgufLlava:
                 return
             yield token
             if step + 1 < max_new_tokens:
+                if self.llm.n_tokens >= self.llm.n_ctx():  # generation ends with the context
+                    return
                 logits = self.step(token)
 
     def step(self, token: int) -> np.ndarray:
         """Decode one more token against the cache; return the next-token logits."""
+        if self.llm.n_tokens >= self.llm.n_ctx():
+            raise ValueError(f"the context of {self.llm.n_ctx()} tokens is full")
         self.llm.eval([token])
         return self.last_logits()
 

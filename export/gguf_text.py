@@ -33,6 +33,20 @@ def architecture(text_config: Any) -> Any:
     return getattr(gguf.MODEL_ARCH, name)
 
 
+def check_byte_level_bpe(tokenizer: Any) -> None:
+    """The writer declares a byte-level BPE vocabulary (GPT-2, Qwen, Llama-3 style); a SentencePiece-
+    style BPE (Metaspace, byte fallback: Llama-2, Vicuna) would be tokenized differently by llama.cpp."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"GGUF export writes byte-level BPE tokenizers; this one is {model.get('type')!r}")
+    if model.get("byte_fallback") or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
+        raise ValueError(
+            "GGUF export writes byte-level BPE tokenizers; this one is SentencePiece-style (Metaspace or "
+            "byte fallback): convert it with llama.cpp's convert_hf_to_gguf.py instead"
+        )
+
+
 def vocabulary(tokenizer: Any, rows: int) -> tuple[list[str], list[int], list[str]]:
     """Tokens by id (padded to the LM head's rows), their llama.cpp types, and the BPE merges."""
     import gguf
@@ -50,9 +64,8 @@ def vocabulary(tokenizer: Any, rows: int) -> tuple[list[str], list[int], list[st
         else:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
+    check_byte_level_bpe(tokenizer)
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    if model.get("type") != "BPE":
-        raise ValueError(f"GGUF export writes byte-level BPE tokenizers; this one is {model.get('type')!r}")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, [int(t) for t in types], merges
 

@@ -51,11 +51,27 @@ class ExportError(ValueError):
     """An export that cannot be made (unsupported model, unknown quantization); raised before writing."""
 
 
+def check_output_folder(model_dir: Path, out: Path) -> None:
+    """Refuse an --out whose replacement would destroy what is not an export: the checkpoint itself or a
+    folder holding it, or any existing non-empty folder without an export's manifest.json."""
+    model, target = model_dir.resolve(), out.resolve()
+    if target == model or target in model.parents:
+        raise ExportError(f"--out {out} would replace the checkpoint {model_dir}; choose another folder")
+    if target.exists() and (
+        not target.is_dir() or (any(target.iterdir()) and not (target / "manifest.json").is_file())
+    ):
+        raise ExportError(f"--out {out} exists and is not an export (no manifest.json); nothing was written")
+
+
+NOT_THE_MODEL = {"training_args.bin", "train_summary.json", "run_config.yaml", "irs.json"}
+
+
 def source_hash(model_dir: Path) -> str:
-    """SHA-256 over the checkpoint's config and weight files, in name order."""
+    """SHA-256 over every checkpoint file an export depends on (weights in any format, configs, tokenizer,
+    processor, chat template), in name order; the training records beside them are left out."""
     digest = hashlib.sha256()
     for path in sorted(model_dir.iterdir()):
-        if path.name == "config.json" or path.suffix == ".safetensors":
+        if path.is_file() and path.name not in NOT_THE_MODEL and not path.name.startswith("."):
             digest.update(path.name.encode())
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -190,6 +206,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none", fp1
     if fp16 and quant != "none":
         raise ExportError(f"--fp16 converts unquantized graphs; it does not combine with --quant {quant}")
     check_llava_dir(model_dir)
+    check_output_folder(model_dir, out)
     model, processor = load_llava(model_dir)
     model.eval()
     with staged_directory(out) as staging:

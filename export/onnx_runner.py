@@ -116,6 +116,11 @@ class OnnxLlava:
         `max_new_tokens`, end-of-sequence never chosen, as generate's min_new_tokens does). `texts` are
         chat-formatted. `on_step` gets each step's chosen token per row as soon as it is chosen."""
         (logits, *past), mask = self.prompt_pass(images, texts)
+        context = self.manifest.get("context_length")
+        if context is not None:  # the prompt must fit; generation stops at the end of the context
+            if mask.shape[1] >= context:
+                raise ValueError(f"the prompt is {mask.shape[1]} tokens; the model's context is {context}")
+            max_new_tokens = min(max_new_tokens, context - mask.shape[1])
         positions = mask.sum(-1, keepdims=True) - 1  # the last real token's position, per row
         batch = mask.shape[0]
         new_tokens: list[list[int]] = [[] for _ in range(batch)]

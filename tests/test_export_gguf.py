@@ -217,3 +217,27 @@ def test_check_compares_gguf_files_with_pytorch(shapes, student_dir, tmp_path, c
     assert main([*args, "--data", str(shapes / "test.json"), "--prompts", "3", "--per-family", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| gguf f16 (gguf) |" in printed and "| gguf q4_k_m (gguf) |" in printed
+
+
+def test_both_float_files_when_both_are_asked_and_the_context_is_enforced(student_dir, tmp_path):
+    files = export_gguf(student_dir, tmp_path / "gguf", ["f32", "q8_0", "f16"])
+    assert sorted(files) == ["f16", "f32", "q8_0"] and all(path.is_file() for path in files.values())
+    manifest = json.loads((tmp_path / "gguf" / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["f16", "f32", "q8_0"]
+    runner = GgufLlava(tmp_path / "gguf", "q8_0", use_gpu=False)
+    with pytest.raises(ValueError, match="the model's context is 512"):
+        runner.prompt_pass(None, "red " * 600)
+
+
+def test_a_sentencepiece_style_tokenizer_is_refused_for_gguf():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from export.gguf_text import check_byte_level_bpe
+
+    vocab = {"<unk>": 0, "▁": 1, "a": 2, "▁a": 3}
+    spm = Tokenizer(models.BPE(vocab, [("▁", "a")], unk_token="<unk>", byte_fallback=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace()
+    spm.decoder = decoders.Metaspace()
+    with pytest.raises(ValueError, match="SentencePiece-style"):
+        check_byte_level_bpe(PreTrainedTokenizerFast(tokenizer_object=spm))

@@ -3,14 +3,17 @@ unquantized, on image + text and text-only prompts, Qwen2 and Qwen3 students), i
 decoders that load and generate, and bad input refused before anything is written."""
 
 import json
+import os
+import shutil
 
 import pytest
 
+from distill.conversation import generation_prompt
 from eval.backends import TorchBackend
 from eval.questions import read_questions
 from export.__main__ import main
-from export.check import torch_greedy, torch_prompt_logits
-from export.onnx_export import ExportError, export_onnx
+from export.check import check, torch_greedy, torch_prompt_logits
+from export.onnx_export import ExportError, export_onnx, source_hash
 from export.onnx_runner import OnnxLlava
 from tests.conftest import save_lively_model
 
@@ -88,6 +91,10 @@ def test_fp16_graphs_are_half_the_size_and_answer_like_pytorch(shapes, student_d
         graph = onnx.load(str(folder / "decoder_model_merged.onnx")).graph
         return {t.data_type: t.name for t in graph.initializer if len(t.dims) == 2}
 
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "fp16").iterdir():  # the converter writes private files: made readable
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     assert set(float_weights(tmp_path / "fp16")) == {onnx.TensorProto.FLOAT16}
     assert set(float_weights(tmp_path / "fp32")) == {onnx.TensorProto.FLOAT}
     runner, backend = OnnxLlava(tmp_path / "fp16"), TorchBackend(student_dir)
@@ -102,7 +109,7 @@ def test_fp16_graphs_are_half_the_size_and_answer_like_pytorch(shapes, student_d
     assert not (tmp_path / "bad").exists()
 
 
-def test_check_prints_the_comparison_table(shapes, student_dir, tmp_path, capsys):
+def test_check_prints_the_comparison_table(shapes, student_dir, teacher_dir, tmp_path, capsys):
     export_onnx(student_dir, tmp_path / "onnx")
     args = [
         "check",
@@ -133,6 +140,36 @@ def test_check_prints_the_comparison_table(shapes, student_dir, tmp_path, capsys
     assert "| pytorch fp32 | 0.00e+00 | 100% | 5.0 |" in printed and "| onnx none (onnx) |" in printed
     row = json.loads((tmp_path / "c.json").read_text())["rows"]["onnx none (onnx)"]
     assert row["identical"] == 1.0 and row["max_logit_diff"] < 1e-4
+    with pytest.raises(ExportError, match="was not exported from"):  # another checkpoint's export
+        check(teacher_dir, [tmp_path / "onnx"], shapes / "test.json", 1, 1, 1)
+    runner = OnnxLlava(tmp_path / "onnx")
+    too_long = generation_prompt(runner.processor.tokenizer, "red " * 600)
+    with pytest.raises(ValueError, match="the model's context is 512"):
+        runner.generate([None], [too_long], 2)
+
+
+def test_the_source_hash_covers_what_the_export_embeds_and_nothing_else(student_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(student_dir, copy)
+    before = source_hash(copy)
+    (copy / "train_summary.json").write_text("{}")  # a training record: not the model
+    assert source_hash(copy) == before
+    (copy / "chat_template.jinja").write_text((copy / "chat_template.jinja").read_text() + " ")
+    assert source_hash(copy) != before
+
+
+def test_out_never_replaces_the_checkpoint_or_a_folder_that_is_no_export(student_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(student_dir, copy)
+    for out in (copy, tmp_path):  # the checkpoint itself, a folder holding it
+        with pytest.raises(ExportError, match="would replace the checkpoint"):
+            export_onnx(copy, out)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an export"):
+        export_onnx(copy, other)
+    assert (other / "todo.txt").read_text() == "keep me" and (copy / "model.safetensors").is_file()
 
 
 def test_bad_input_is_refused_and_nothing_is_left_behind(tmp_path, student_dir, monkeypatch, capsys):
