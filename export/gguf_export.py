@@ -36,7 +36,7 @@ from PIL import Image
 
 from distill.modeling import check_llava_dir, load_llava
 from distill.staging import staged_directory
-from export.gguf_text import architecture, check_byte_level_bpe, write_text_gguf
+from export.gguf_text import architecture, check_byte_level_bpe, check_plain_rope, write_text_gguf
 from export.gguf_vision import MMPROJ_TYPES, check_vision, write_mmproj
 from export.onnx_export import ExportError, check_output_folder, source_hash
 
@@ -84,6 +84,7 @@ def export_gguf(
     try:
         architecture(model.config.get_text_config())
         check_byte_level_bpe(processor.tokenizer)
+        check_plain_rope(model.config.get_text_config())
     except ValueError as error:
         raise ExportError(str(error)) from None
     check_vision(model.config)

@@ -33,6 +33,18 @@ def architecture(text_config: Any) -> Any:
     return getattr(gguf.MODEL_ARCH, name)
 
 
+def check_plain_rope(text_config: Any) -> None:
+    """The writer stores RoPE's base frequency only; a scaled RoPE (Llama-3.1's llama3, YaRN, linear) would be
+    dropped without a word, so it is refused."""
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind != "default":
+        raise ValueError(
+            f"GGUF export writes plain RoPE; this model scales it ({kind!r}): convert it with llama.cpp's "
+            "convert_hf_to_gguf.py instead"
+        )
+
+
 def check_byte_level_bpe(tokenizer: Any) -> None:
     """The writer declares a byte-level BPE vocabulary (GPT-2, Qwen, Llama-3 style); a SentencePiece-
     style BPE (Metaspace, byte fallback: Llama-2, Vicuna) would be tokenized differently by llama.cpp."""

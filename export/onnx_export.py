@@ -230,7 +230,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
     parser.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it exists)")
     parser.add_argument(
-        "--quant", default="none", choices=QUANTIZATIONS, help="decoder weights (default: none)"
+        "--quant",
+        default="none",
+        type=str.lower,
+        choices=QUANTIZATIONS,
+        help="decoder weights (default: none)",
     )
     parser.add_argument(
         "--fp16", action="store_true", help="float16 graphs (for GPU / WebGPU runtimes); not with --quant"

@@ -241,3 +241,14 @@ def test_a_sentencepiece_style_tokenizer_is_refused_for_gguf():
     spm.decoder = decoders.Metaspace()
     with pytest.raises(ValueError, match="SentencePiece-style"):
         check_byte_level_bpe(PreTrainedTokenizerFast(tokenizer_object=spm))
+
+
+def test_a_scaled_rope_is_refused_for_gguf():
+    from transformers import LlamaConfig
+
+    from export.gguf_text import check_plain_rope
+
+    check_plain_rope(LlamaConfig())  # plain RoPE: written
+    scaled = LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="scales it \\('linear'\\)"):
+        check_plain_rope(scaled)
