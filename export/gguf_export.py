@@ -179,7 +179,9 @@ def verify_mmproj(folder: Path, base: str, model: Any, processor: Any) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
-    parser.add_argument("--out", required=True, type=Path, help="the export folder (replaced if it exists)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="the export folder (an earlier export there is replaced)"
+    )
     parser.add_argument(
         "--quant",
         default="f16,q8_0,q4_k_m",

@@ -228,7 +228,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, quant: str = "none", fp1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
-    parser.add_argument("--out", required=True, type=Path, help="the export folder (an earlier export there is replaced)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="the export folder (an earlier export there is replaced)"
+    )
     parser.add_argument(
         "--quant",
         default="none",
