@@ -36,6 +36,7 @@ def staged_directory(out: Path) -> Iterator[Path]:
                 staging.rename(out)
             except BaseException:
                 (backup / out.name).rename(out)
+                shutil.rmtree(backup, ignore_errors=True)
                 raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
