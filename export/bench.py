@@ -134,7 +134,7 @@ def measure(
         from export.onnx_runner import OnnxLlava
 
         runner = OnnxLlava(path, threads=threads)
-        size = sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
+        size = sum(p.stat().st_size for p in runner.weight_files())
 
         def generate(tokens: int, mark: Any) -> None:
             runner.generate([image], [text], tokens, ignore_eos=True, on_step=lambda _: mark())
@@ -142,9 +142,7 @@ def measure(
         from export.gguf_runner import GgufLlava
 
         gguf = GgufLlava(path, kind.removeprefix("gguf:"), threads=threads)
-        size = sum(
-            (path / name).stat().st_size for name in (gguf.manifest["files"][gguf.quant], gguf.mmproj) if name
-        )
+        size = sum(p.stat().st_size for p in gguf.weight_files())
 
         def generate(tokens: int, mark: Any) -> None:
             for _ in gguf.stream(image, text, tokens, ignore_eos=True):  # the prompt decoded afresh each call

@@ -107,6 +107,10 @@ class GgufLlava:
     def vocab_size(self) -> int:
         return self.llm.n_vocab()
 
+    def weight_files(self) -> list[Path]:
+        """The language-model file in use and the mmproj file."""
+        return [self.path / name for name in (self.manifest["files"][self.quant], self.mmproj) if name]
+
     def last_logits(self) -> np.ndarray:
         import llama_cpp
 

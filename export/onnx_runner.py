@@ -55,6 +55,10 @@ class OnnxLlava:
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         return self.sessions["embed"].run(None, {"input_ids": input_ids.astype(np.int64)})[0]
 
+    def weight_files(self) -> list[Path]:
+        """The graphs and their external data."""
+        return sorted(p for p in self.path.iterdir() if ".onnx" in p.name)
+
     def prompt_embeddings(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Token embeddings with the image features written over the image-token positions, in order."""
         embeds = self.embed(inputs["input_ids"])

@@ -32,12 +32,8 @@ from PIL import Image
 from serve.sampling import Sampler
 
 BACKENDS = ("torch", "onnx", "llama.cpp")
-DTYPES = (
-    "auto",
-    "float32",
-    "bfloat16",
-    "float16",
-)  # the torch back end's; auto = as the checkpoint was saved
+# the torch back end's precisions (distill.modeling.DTYPES); auto = as the checkpoint was saved
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -191,7 +187,7 @@ class OnnxEngine(Engine):
         return logits[0, -1]
 
     def weight_files(self) -> list[Path]:
-        return sorted(p for p in self.path.iterdir() if ".onnx" in p.name)  # graphs and external data
+        return self.runner.weight_files()
 
 
 class LlamaCppEngine(Engine):
@@ -216,8 +212,7 @@ class LlamaCppEngine(Engine):
         return self.runner.step(token)
 
     def weight_files(self) -> list[Path]:
-        names = [self.runner.manifest["files"][self.runner.quant], self.runner.mmproj]
-        return [self.path / name for name in names if name]
+        return self.runner.weight_files()
 
 
 def detect_backend(path: Path) -> str:
