@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="with a checkpoint: its precision (default: as saved)"
     )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="torch on a GPU: launch each decode step's kernels eagerly instead of replaying a CUDA graph",
+    )
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(
         "--examples", type=Path, default=Path("data/shapes/test.json"), help="held-out records"
@@ -53,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             from serve.engines import open_engine
 
             backend = LocalChat(
-                open_engine(args.model, args.backend, args.quant, dtype=args.dtype), args.max_tokens
+                open_engine(
+                    args.model, args.backend, args.quant, dtype=args.dtype, cuda_graphs=args.cuda_graphs
+                ),
+                args.max_tokens,
             )
     except (FileNotFoundError, ValueError, APIError) as error:  # APIError: a server down or a wrong key
         print(f"demo: {error}", file=sys.stderr)

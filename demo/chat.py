@@ -27,7 +27,7 @@ from serve.sampling import Sampler
 class LocalChat:
     def __init__(self, engine: Engine, max_tokens: int = 256, temperature: float = 0.0) -> None:
         self.engine, self.max_tokens, self.temperature = engine, max_tokens, temperature
-        self.name = f"{engine.name} ({engine.backend}, in process)"
+        self.name = f"{engine.name} ({engine.description}, in process)"
 
     def stream(
         self, history: list[dict[str, str]], question: str, image: Image.Image | None

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch back end: the weights' precision (default: as the checkpoint was saved)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for the engine (default: the runtime's)")
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="torch on a GPU: launch each decode step's kernels eagerly instead of replaying a CUDA graph",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require Authorization: Bearer KEY (default: no key)")
@@ -86,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     from serve.engines import open_engine
 
     try:
-        engine = open_engine(args.model, args.backend, args.quant, args.threads, args.dtype)
+        engine = open_engine(args.model, args.backend, args.quant, args.threads, args.dtype, args.cuda_graphs)
     except (FileNotFoundError, ValueError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
-    print(f"serving {engine.name} ({engine.backend}) on http://{args.host}:{args.port}/v1", flush=True)
+    print(f"serving {engine.name} ({engine.description}) on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(create_app(engine, settings_from(args)), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -154,6 +154,7 @@ def measure(
     threads: int,
     dtype: str = "auto",
     warm_up: int = WARM_UP,
+    cuda_graphs: bool = True,
 ) -> dict[str, Any]:
     """Run in a fresh process: one model on one back end."""
     import torch
@@ -171,7 +172,7 @@ def measure(
     before = current_rss_mib()
     start = time.perf_counter()
     on_torch = (backend or detect_backend(Path(model))) == "torch"  # --dtype is the checkpoints' only
-    engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto")
+    engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto", cuda_graphs)
     load = time.perf_counter() - start
     runs = engine_runs(engine, image, new_tokens, requests, warm_up)
     api = api_runs(engine, image, new_tokens, requests, warm_up)
@@ -181,6 +182,7 @@ def measure(
         "model": engine.name,
         "backend": engine.backend,
         "dtype": str(next(weights.parameters()).dtype).removeprefix("torch.") if weights else None,
+        "cuda_graphs": getattr(engine, "graphs_on", False),
         "load_s": load,
         "ttft_ms": 1000 * statistics.median(runs["ttft"]),
         "decode_tokens_per_s": statistics.median(runs["speed"]),
@@ -210,6 +212,7 @@ def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> di
                 args.threads,
                 args.dtype,
                 args.warm_up,
+                args.cuda_graphs,
             ]
         ),
     ]
@@ -220,8 +223,9 @@ def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> di
 
 
 def label(row: dict[str, Any]) -> str:
-    """The back end, with the weights' dtype for torch: "torch bfloat16"."""
-    return f"{row['backend']} {row['dtype']}" if row.get("dtype") else row["backend"]
+    """The back end, with the weights' dtype for torch: "torch bfloat16", "torch bfloat16 + CUDA graphs"."""
+    name = f"{row['backend']} {row['dtype']}" if row.get("dtype") else row["backend"]
+    return name + (" + CUDA graphs" if row.get("cuda_graphs") else "")
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -376,6 +380,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="checkpoints' precision (default: as saved)"
     )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="torch on a GPU: decode steps launched eagerly instead of replayed from a CUDA graph",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=Path("runs/serve-bench"), help="bench.json, bench.md, bench.png"
@@ -404,16 +414,29 @@ def run(args: argparse.Namespace) -> int:
     backends = args.backends or [None] * len(args.models)
     if len(backends) != len(args.models):
         raise ValueError(f"{len(backends)} back ends for {len(args.models)} models")
-    rows = [run_worker(model, backend, args) for model, backend in zip(args.models, backends)]
+    rows, failures = [], []
+    for model, backend in zip(args.models, backends):  # a model that fails costs its row, not the others'
+        try:
+            rows.append(run_worker(model, backend, args))
+        except RuntimeError as error:
+            failures.append(str(error))
+            print(f"serve bench: {error}", file=sys.stderr, flush=True)
+    if not rows:
+        raise RuntimeError(f"no model could be measured ({len(failures)} failed)")
     table = report(rows, args)
+    if failures:
+        table += f"\n{len(failures)} of {len(args.models)} models failed: " + "; ".join(
+            f.splitlines()[0] for f in failures
+        )
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
-        args.out / "bench.json", json.dumps({"rows": rows, "new_tokens": args.new_tokens}, indent=1)
+        args.out / "bench.json",
+        json.dumps({"rows": rows, "failed": failures, "new_tokens": args.new_tokens}, indent=1),
     )
     write_text_atomic(args.out / "bench.md", table + "\n")
     plot(rows, args.out / "bench.png")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

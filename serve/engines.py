@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from serve.graphed_decoding import GraphedDecoder
 from serve.sampling import Sampler
 
 BACKENDS = ("torch", "onnx", "llama.cpp")
@@ -89,7 +91,7 @@ class Engine:
     def stream(self, prompt: Prompt, sampler: Sampler, max_tokens: int) -> Iterator[Piece]:
         """Sample up to max_tokens new tokens; one piece per token, its text what the token completes
         ("" while a multi-byte character still waits for its next bytes)."""
-        logits = self.start(prompt)
+        logits = self.start(prompt, max_tokens)
         tokens: list[int] = []
         emitted = ""
         self.last_finish = Finish("length", 0)
@@ -110,7 +112,8 @@ class Engine:
             if step + 1 < max_tokens:
                 logits = self.step(token)
 
-    def start(self, prompt: Prompt) -> np.ndarray:
+    def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
+        """The logits after the prompt; at most `new_tokens` tokens will follow."""
         raise NotImplementedError
 
     def step(self, token: int) -> np.ndarray:
@@ -120,11 +123,21 @@ class Engine:
         """The files that hold the model's weights (what a device has to store)."""
         raise NotImplementedError
 
+    @property
+    def description(self) -> str:
+        """The back end as a person reads it: "torch bfloat16 on cuda, CUDA graphs", "onnx"."""
+        return self.backend
+
 
 class TorchEngine(Engine):
+    """transformers on CPU or GPU. On a GPU the decode steps replay a CUDA graph over a static KV cache
+    (serve/graphed_decoding.py) unless cuda_graphs=False; elsewhere they run eagerly over a DynamicCache."""
+
     backend = "torch"
 
-    def __init__(self, path: Path, dtype: str = "auto", device: str | None = None) -> None:
+    def __init__(
+        self, path: Path, dtype: str = "auto", device: str | None = None, cuda_graphs: bool = True
+    ) -> None:
         from distill.modeling import load_llava
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,17 +149,38 @@ class TorchEngine(Engine):
             path, processor, set(eos if isinstance(eos, list) else [eos]), text.max_position_embeddings
         )
         self.past: Any = None
+        self.graphed: GraphedDecoder | None = None
+        if cuda_graphs and torch.device(self.device).type == "cuda":
+            try:
+                self.graphed = GraphedDecoder(self.model, self.context)
+            except ValueError as error:  # sliding-window layers, another attention implementation
+                warnings.warn(f"{path}: decoding without CUDA graphs: {error}", stacklevel=2)
+
+    @property
+    def description(self) -> str:
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return f"torch {dtype} on {self.device}" + (", CUDA graphs" if self.graphs_on else "")
+
+    @property
+    def graphs_on(self) -> bool:
+        """Decode steps replay CUDA graphs (false on CPU, with cuda_graphs=False, or after a failed capture)."""
+        return self.graphed is not None and self.graphed.capture
 
     @torch.inference_mode()
-    def start(self, prompt: Prompt) -> np.ndarray:
+    def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
         with self.tokenizer_lock:
             inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
-        output = self.model(**inputs.to(self.device), use_cache=True, logits_to_keep=1)
+        inputs = inputs.to(self.device)
+        if self.graphed:
+            return self.graphed.prefill(dict(inputs), new_tokens).float().cpu().numpy()
+        output = self.model(**inputs, use_cache=True, logits_to_keep=1)
         self.past = output.cache if hasattr(output, "cache") else output.past_key_values
         return output.logits[0, -1].float().cpu().numpy()
 
     @torch.inference_mode()
     def step(self, token: int) -> np.ndarray:
+        if self.graphed:
+            return self.graphed.step(token).float().cpu().numpy()
         ids = torch.tensor([[token]], device=self.device)
         output = self.model(input_ids=ids, cache=self.past, use_cache=True)
         self.past = output.cache if hasattr(output, "cache") else output.past_key_values
@@ -171,7 +205,7 @@ class OnnxEngine(Engine):
         super().__init__(path, self.runner.processor, self.runner.eos_ids, int(context))
         self.state: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
 
-    def start(self, prompt: Prompt) -> np.ndarray:
+    def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
         with self.tokenizer_lock:  # the processor only: the prefill runs outside the lock
             inputs = self.runner.prompt_inputs(prompt.images or [None], [prompt.text])
         (logits, *past), mask = self.runner.run_prompt(inputs)
@@ -205,7 +239,7 @@ class LlamaCppEngine(Engine):
         self.runner.refuse_media_marker(prompt.text)  # a 400 at rendering, not a failure mid-stream
         return prompt
 
-    def start(self, prompt: Prompt) -> np.ndarray:
+    def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
         return self.runner.prompt_pass(prompt.images, prompt.text)
 
     def step(self, token: int) -> np.ndarray:
@@ -231,9 +265,11 @@ def open_engine(
     quant: str | None = None,
     threads: int | None = None,
     dtype: str = "auto",
+    cuda_graphs: bool = True,
 ) -> Engine:
     """The engine for a checkpoint or an export. `dtype` (torch only: auto = as saved, float32, bfloat16,
-    float16) is refused for the exports, whose precision is the file's."""
+    float16) is refused for the exports, whose precision is the file's. `cuda_graphs` (torch on a GPU):
+    decode steps replayed from a CUDA graph, else launched eagerly."""
     path = Path(path)
     found = detect_backend(path)
     backend = backend or found
@@ -246,7 +282,7 @@ def open_engine(
     if backend == "torch":
         if threads:
             torch.set_num_threads(threads)
-        return TorchEngine(path, dtype)
+        return TorchEngine(path, dtype, cuda_graphs=cuda_graphs)
     if backend == "onnx":
         return OnnxEngine(path, threads or 0)
     return LlamaCppEngine(path, quant, threads)

@@ -105,8 +105,8 @@ def test_engines_answer_like_the_torch_engine(student_dir, engine, picture, tmp_
     mirrored = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     references = []
     for images in ([picture, mirrored], [mirrored, picture]):  # both images read, in the markers' order
-        references.append(engine.start(engine.prompt(two, images)))
-        assert np.abs(other.start(other.prompt(two, images)) - references[-1]).max() < 1e-3
+        references.append(engine.start(engine.prompt(two, images), 1))
+        assert np.abs(other.start(other.prompt(two, images), 1) - references[-1]).max() < 1e-3
     assert np.abs(references[0] - references[1]).max() > 1e-2
     files = other.weight_files()
     assert files and all(f.is_file() and (".onnx" if export == "onnx" else ".gguf") in f.name for f in files)
@@ -124,8 +124,8 @@ def test_the_torch_engine_loads_as_saved_or_in_the_asked_dtype(student_dir, engi
     half = open_engine(student_dir, dtype="bfloat16")
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
     messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
-    reference = engine.start(engine.prompt(messages, [picture]))
-    logits = half.start(half.prompt(messages, [picture]))
+    reference = engine.start(engine.prompt(messages, [picture]), 1)
+    logits = half.start(half.prompt(messages, [picture]), 1)
     assert logits.dtype == np.float32 and 0 < np.abs(logits - reference).max() < 0.5
     with pytest.raises(ValueError, match="unknown dtype"):
         open_engine(student_dir, dtype="float8")

@@ -28,6 +28,25 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
     assert (out / "bench.md").read_text().startswith("one image + question")
 
 
+def test_a_model_that_fails_costs_its_row_only(shapes, student_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json"):
+        if (student_dir / name).exists():
+            (broken / name).write_bytes((student_dir / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    out = tmp_path / "bench"
+    args = ["bench", "--models", str(broken), str(student_dir), "--data", str(shapes / "test.json")]
+    assert main([*args, "--requests", "1", "--warm-up", "0", "--new-tokens", "2", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert (
+        "| student | torch float32 |" in captured.out and "1 of 2 models failed: benchmark of" in captured.out
+    )
+    assert "benchmark of" in captured.err and str(broken) in captured.err
+    report = json.loads((out / "bench.json").read_text())
+    assert [r["model"] for r in report["rows"]] == ["student"] and len(report["failed"]) == 1
+
+
 def test_load_mode_against_a_running_server(shapes, student_dir, tmp_path, capsys):
     server = uvicorn.Server(
         uvicorn.Config(create_app(open_engine(student_dir), Settings(api_key="k")), port=0, log_level="error")
