@@ -12,7 +12,8 @@
 
 The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the terms
 are computed from its hidden states at the positions each term needs, by the chunked functions of
-`distill.losses`, so no [positions x vocabulary] logits exist whole. The frozen teacher runs once
+`distill.losses`, so no [positions x vocabulary] logits exist whole (sft and kd by liger-kernel's
+fused kernels instead with loss.fused_kernel, on a GPU: distill/fused_losses.py). The frozen teacher runs once
 per step under no_grad. sft, kd and tpa (also divided by d) are normalised by the supervised-token
 count of the whole accumulated batch; iva, hidden, vsd and vlad are means over images or positions
 of the micro-batch, divided by the accumulation steps. `DistillTrainer` (distill/trainer.py) mixes
@@ -29,6 +30,7 @@ import torch
 
 from distill.attention_capture import capture_instruction_attention
 from distill.emkd import affinity_loss, match_visual_tokens
+from distill.fused_losses import fused_cross_entropy_sum, fused_divergence_sum
 from distill.hidden_alignment import PROJECTION_ATTRIBUTE, hidden_mse, layer_pairs
 from distill.losses import attention_weights, chunked_cross_entropy, chunked_divergence, normalized_sum
 from distill.tpa import (
@@ -164,7 +166,10 @@ class ObjectiveMixin:
         n_items = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         head = self._unwrapped(model).lm_head
         terms: dict[str, torch.Tensor] = {}
-        if cfg.w_sft > 0:
+        if cfg.w_sft > 0 and cfg.fused_kernel:
+            nll = fused_cross_entropy_sum(student_hidden, head, labels[:, 1:][mask], self.vocab_size)
+            terms["sft"] = normalized_sum(nll.reshape(1), n_items)
+        elif cfg.w_sft > 0:
             nll = chunked_cross_entropy(
                 student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
             )
@@ -182,7 +187,19 @@ class ObjectiveMixin:
             all_states=cfg.w_hidden > 0,
         )
         teacher_mask = teacher.labels[:, 1:] != -100
-        if cfg.w_kd > 0:
+        if cfg.w_kd > 0 and cfg.fused_kernel:
+            total = fused_divergence_sum(
+                student_hidden,
+                teacher.states[:, :-1][teacher_mask],
+                head,
+                self._unwrapped(self.teacher).lm_head,
+                cfg.divergence,
+                self.vocab_size,
+                cfg.temperature,
+                cfg.jsd_beta,
+            )
+            terms["kd"] = normalized_sum(total.reshape(1), n_items)
+        elif cfg.w_kd > 0:
             per_position = chunked_divergence(
                 student_hidden,
                 teacher.states[:, :-1][teacher_mask],

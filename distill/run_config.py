@@ -112,6 +112,8 @@ class LossConfig:
     jsd_beta: float = 0.5  # mixture weight of generalized JSD (0.5 is symmetric JSD)
     skew_alpha: float = 0.1  # skew of skew KL: KL(P || a*P + (1-a)*Q)
     kl_chunk_size: int = 1024  # positions per chunk of the chunked divergence (0: naive, whole logits)
+    # GPU: SFT and KD through liger-kernel's fused LM-head + loss kernels (distill/fused_losses.py)
+    fused_kernel: bool = False
     # IVA (Align-TI): KL(P_T || P_S) at each visual position, weighted by instruction-to-vision attention
     w_iva: float = 0.0
     iva_weights: Literal["teacher", "student", "uniform"] = "teacher"  # uniform: LLaVA-KD's visual KD
@@ -170,6 +172,10 @@ class LossConfig:
         if self.w_sft == 0 and not self.needs_teacher:
             raise ConfigError(
                 "loss: at least one of w_sft, " + ", ".join(self.teacher_terms) + " must be positive"
+            )
+        if self.fused_kernel and self.w_kd > 0 and self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
+            raise ConfigError(
+                f"loss.fused_kernel covers the divergences forward_kl, reverse_kl and jsd, not {self.divergence}"
             )
         if self.on_policy_ratio > 0 and not self.needs_teacher:
             raise ConfigError(

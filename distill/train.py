@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from distill.configuration import ConfigError, load_config, read_yaml, save_config, to_dict
 from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.fused_losses import require_fused_kernel
 from distill.hidden_alignment import layer_pairs
 from distill.irs import read_best_layer
 from distill.modeling import (
@@ -201,6 +202,8 @@ def setup(cfg: RunConfig) -> Setup:
             "model.attn_implementation: flex_attention trains on GPUs only (PyTorch's FlexAttention has no "
             "backward pass on CPU); use sdpa here"
         )
+    if cfg.loss.fused_kernel:
+        require_fused_kernel(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if torch.cuda.is_available() and not cfg.train.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)  # flash / memory-efficient kernels instead
     model, processor = build_model(cfg.model)

@@ -196,3 +196,28 @@ def test_flex_attention_on_cpu_is_refused_before_anything_is_built(tmp_path, sha
     cfg = config(shapes, tmp_path / "run", model={"attn_implementation": "flex_attention"})
     with pytest.raises(ConfigError, match="flex_attention trains on GPUs only"):
         setup(cfg)
+
+
+def test_the_fused_kernel_without_a_gpu_is_refused_before_anything_is_built(tmp_path, shapes):
+    cfg = config(shapes, tmp_path / "run", loss={"fused_kernel": True})
+    with pytest.raises(ConfigError, match="need a CUDA GPU"):
+        setup(cfg)
+
+
+@pytest.mark.gpu
+def test_a_kd_run_with_the_fused_kernel_logs_the_chunked_runs_first_losses(tmp_path, shapes, teacher_dir):
+    pytest.importorskip("liger_kernel")
+    logs = {}
+    for fused in (False, True):
+        cfg = config(
+            shapes,
+            tmp_path / f"fused-{fused}",
+            teacher={"path": str(teacher_dir)},
+            loss={"w_kd": 1.0, "fused_kernel": fused},
+            train={"max_steps": 2, "bf16": False},
+        )
+        s = setup(cfg)
+        fit(s)
+        logs[fused] = next(entry for entry in s.trainer.state.log_history if "loss" in entry)
+    for term in ("loss_sft", "loss_kd"):
+        assert logs[True][term] == pytest.approx(logs[False][term], rel=1e-3), term
