@@ -10,9 +10,10 @@ return the SUM over positions, as `chunked_cross_entropy(...).sum()` and `chunke
 do, so the objective normalises them the same way; tests/test_fused_losses.py checks values and
 gradients against the chunked forms on a GPU.
 
-KD divergences: forward_kl, reverse_kl and jsd (liger's generalized JSD mixes M = b*P_T + (1-b)*P_S
-and is forward KL at b=0, reverse KL at b=1: the kit's and TRL's convention). IVA (weighted per visual
-position), TPA, the skew divergences and TVD keep the chunked form. Under DeepSpeed ZeRO-3 the LM head
+The objective also sends TPA's KL after each candidate through the fused divergence. KD divergences:
+forward_kl, reverse_kl and jsd (liger's generalized JSD mixes M = b*P_T + (1-b)*P_S and is forward KL
+at b=0, reverse KL at b=1: the kit's and TRL's convention). IVA (weighted per visual position), the
+skew divergences and TVD keep the chunked form. Under DeepSpeed ZeRO-3 the LM head
 is partitioned across processes and the kernels cannot read it whole: use ZeRO-2 with the fused kernel.
 """
 

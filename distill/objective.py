@@ -13,7 +13,7 @@
 The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the terms
 are computed from its hidden states at the positions each term needs, by the chunked functions of
 `distill.losses`, so no [positions x vocabulary] logits exist whole (sft and kd by liger-kernel's
-fused kernels instead with loss.fused_kernel, on a GPU: distill/fused_losses.py). The frozen teacher runs once
+fused kernels instead with loss.fused_kernel, on a GPU: distill/fused_losses.py; tpa too). The frozen teacher runs once
 per step under no_grad. sft, kd and tpa (also divided by d) are normalised by the supervised-token
 count of the whole accumulated batch; iva, hidden, vsd and vlad are means over images or positions
 of the micro-batch, divided by the accumulation steps. `DistillTrainer` (distill/trainer.py) mixes
@@ -187,38 +187,21 @@ class ObjectiveMixin:
             all_states=cfg.w_hidden > 0,
         )
         teacher_mask = teacher.labels[:, 1:] != -100
-        if cfg.w_kd > 0 and cfg.fused_kernel:
-            total = fused_divergence_sum(
+        if cfg.w_kd > 0:
+            total = self._divergence_sum(
                 student_hidden,
                 teacher.states[:, :-1][teacher_mask],
                 head,
                 self._unwrapped(self.teacher).lm_head,
                 cfg.divergence,
-                self.vocab_size,
-                cfg.temperature,
-                cfg.jsd_beta,
             )
             terms["kd"] = normalized_sum(total.reshape(1), n_items)
-        elif cfg.w_kd > 0:
-            per_position = chunked_divergence(
-                student_hidden,
-                teacher.states[:, :-1][teacher_mask],
-                head,
-                self._unwrapped(self.teacher).lm_head,
-                cfg.divergence,
-                cfg.kl_chunk_size,
-                self.vocab_size,
-                cfg.temperature,
-                cfg.jsd_beta,
-                cfg.skew_alpha,
-            )
-            terms["kd"] = normalized_sum(per_position, n_items)
         if cfg.w_iva > 0:
             alpha = teacher.alpha if cfg.iva_weights == "teacher" else student_alpha
             terms["iva"] = self._iva_term(model, inputs, final_states, teacher, alpha)
         if cfg.w_tpa > 0:
-            per_candidate = self._tpa_divergences(model, inputs, candidates, outputs.past_key_values, teacher)
-            terms["tpa"] = normalized_sum(per_candidate, n_items) / cfg.tpa_candidates
+            total = self._tpa_divergence_sum(model, inputs, candidates, outputs.past_key_values, teacher)
+            terms["tpa"] = normalized_sum(total.reshape(1), n_items) / cfg.tpa_candidates
         if cfg.w_hidden > 0:
             terms["hidden"] = self._hidden_term(model, inputs, outputs.hidden_states, teacher)
         if cfg.w_vsd > 0 or cfg.w_vlad > 0:
@@ -280,7 +263,7 @@ class ObjectiveMixin:
             torch.cat(parts) if parts else student_hidden.new_zeros(0, cfg.tpa_candidates, dtype=torch.long)
         )
 
-    def _tpa_divergences(
+    def _tpa_divergence_sum(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
@@ -288,8 +271,8 @@ class ObjectiveMixin:
         student_cache: Any,
         teacher_pass: TeacherPass,
     ) -> torch.Tensor:
-        """KL(P_T || P_S) after each candidate [N * d]: by kv-continuation of both models' first-pass
-        caches, or (tpa_impl=ribbon) from one ribbon pass of each model (distill/tpa.py)."""
+        """KL(P_T || P_S) after each candidate, summed over the N * d candidates: by kv-continuation of both
+        models' first-pass caches, or (tpa_impl=ribbon) from one ribbon pass of each model (distill/tpa.py)."""
         cfg = self.loss_config
         student = self._unwrapped(model)
         teacher = self._unwrapped(self.teacher)
@@ -324,16 +307,43 @@ class ObjectiveMixin:
                 )
             teacher_hidden = candidate_states(t_states, t_layout, d)
         student_hidden = candidate_states(states, layout, d)
+        return self._divergence_sum(
+            student_hidden, teacher_hidden, student.lm_head, teacher.lm_head, "forward_kl"
+        )
+
+    def _divergence_sum(
+        self,
+        student_hidden: torch.Tensor,
+        teacher_hidden: torch.Tensor,
+        student_head: Any,
+        teacher_head: Any,
+        name: str,
+    ) -> torch.Tensor:
+        """A divergence summed over positions: liger-kernel's fused kernel with loss.fused_kernel, else chunked."""
+        cfg = self.loss_config
+        if cfg.fused_kernel:
+            return fused_divergence_sum(
+                student_hidden,
+                teacher_hidden,
+                student_head,
+                teacher_head,
+                name,
+                self.vocab_size,
+                cfg.temperature,
+                cfg.jsd_beta,
+            )
         return chunked_divergence(
             student_hidden,
             teacher_hidden,
-            student.lm_head,
-            teacher.lm_head,
-            "forward_kl",
+            student_head,
+            teacher_head,
+            name,
             cfg.kl_chunk_size,
             self.vocab_size,
             cfg.temperature,
-        )
+            cfg.jsd_beta,
+            cfg.skew_alpha,
+        ).sum()
 
     # -- LLaVADI -----------------------------------------------------------------------------------
     def _hidden_term(

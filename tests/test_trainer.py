@@ -205,7 +205,9 @@ def test_the_fused_kernel_without_a_gpu_is_refused_before_anything_is_built(tmp_
 
 
 @pytest.mark.gpu
-def test_a_kd_run_with_the_fused_kernel_logs_the_chunked_runs_first_losses(tmp_path, shapes, teacher_dir):
+def test_an_align_ti_run_with_the_fused_kernel_logs_the_chunked_runs_first_losses(
+    tmp_path, shapes, teacher_dir
+):
     pytest.importorskip("liger_kernel")
     logs = {}
     for fused in (False, True):
@@ -213,11 +215,11 @@ def test_a_kd_run_with_the_fused_kernel_logs_the_chunked_runs_first_losses(tmp_p
             shapes,
             tmp_path / f"fused-{fused}",
             teacher={"path": str(teacher_dir)},
-            loss={"w_kd": 1.0, "fused_kernel": fused},
+            loss={"w_kd": 1.0, "w_tpa": 1.0, "w_iva": 1.0, "iva_layer": 1, "fused_kernel": fused},
             train={"max_steps": 2, "bf16": False},
         )
         s = setup(cfg)
         fit(s)
         logs[fused] = next(entry for entry in s.trainer.state.log_history if "loss" in entry)
-    for term in ("loss_sft", "loss_kd"):
+    for term in ("loss_sft", "loss_kd", "loss_tpa", "loss_iva"):
         assert logs[True][term] == pytest.approx(logs[False][term], rel=1e-3), term
