@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cuda-graphs",
         dest="cuda_graphs",
         action="store_false",
-        help="torch on a GPU: launch each decode step's kernels eagerly instead of replaying a CUDA graph",
+        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
+        "CUDA graph over a static one",
     )
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(

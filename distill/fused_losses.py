@@ -8,7 +8,7 @@ which compute each chunk's logits, loss and gradients in one go and keep no logi
 default path (distill/losses.py) recomputes each chunk's logits in backward instead. Both functions
 return the SUM over positions, as `chunked_cross_entropy(...).sum()` and `chunked_divergence(...).sum()`
 do, so the objective normalises them the same way; tests/test_fused_losses.py checks values and
-gradients against the chunked forms on a GPU.
+gradients against the chunked forms on a GPU, or on a CPU in Triton's interpreter (TRITON_INTERPRET=1).
 
 The objective also sends TPA's KL after each candidate through the fused divergence. KD divergences:
 forward_kl, reverse_kl and jsd (liger's generalized JSD mixes M = b*P_T + (1-b)*P_S and is forward KL
@@ -28,8 +28,14 @@ from distill.configuration import ConfigError
 FUSED_DIVERGENCES = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": None}  # liger's beta (None: loss.jsd_beta)
 
 
-def require_fused_kernel(device: torch.device) -> None:
-    """A clear error where the fused kernel cannot run: no CUDA GPU, or liger-kernel not installed."""
+def require_fused_kernel(device: torch.device, zero_stage: int | None = None) -> None:
+    """A clear error where the fused kernel cannot run: no CUDA GPU, liger-kernel not installed, or
+    DeepSpeed ZeRO-3 (which partitions the LM head the kernels read whole)."""
+    if zero_stage == 3:
+        raise ConfigError(
+            "loss.fused_kernel reads the LM head whole, which DeepSpeed ZeRO-3 partitions; use ZeRO-2 or "
+            "loss.fused_kernel=false"
+        )
     if device.type != "cuda":
         raise ConfigError(
             f"loss.fused_kernel runs liger-kernel's Triton kernels, which need a CUDA GPU (training is on "

@@ -112,7 +112,7 @@ class LossConfig:
     jsd_beta: float = 0.5  # mixture weight of generalized JSD (0.5 is symmetric JSD)
     skew_alpha: float = 0.1  # skew of skew KL: KL(P || a*P + (1-a)*Q)
     kl_chunk_size: int = 1024  # positions per chunk of the chunked divergence (0: naive, whole logits)
-    # GPU: SFT and KD through liger-kernel's fused LM-head + loss kernels (distill/fused_losses.py)
+    # GPU: SFT, KD and TPA through liger-kernel's fused LM-head + loss kernels (distill/fused_losses.py)
     fused_kernel: bool = False
     # IVA (Align-TI): KL(P_T || P_S) at each visual position, weighted by instruction-to-vision attention
     w_iva: float = 0.0

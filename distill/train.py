@@ -156,6 +156,19 @@ def deepspeed_config(cfg: RunConfig) -> str | None:
     return None
 
 
+def zero_stage(cfg: RunConfig) -> int | None:
+    """The ZeRO stage of the DeepSpeed config this run uses (None without DeepSpeed)."""
+    path = deepspeed_config(cfg)
+    if path is None:
+        return None
+    try:
+        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(
+            f"train.deepspeed: {path} is not a readable DeepSpeed JSON config ({error})"
+        ) from None
+
+
 def training_arguments(cfg: RunConfig) -> TrainingArguments:
     t = cfg.train
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(t.output_dir) / "logs"))
@@ -203,7 +216,7 @@ def setup(cfg: RunConfig) -> Setup:
             "backward pass on CPU); use sdpa here"
         )
     if cfg.loss.fused_kernel:
-        require_fused_kernel(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        require_fused_kernel(torch.device("cuda" if torch.cuda.is_available() else "cpu"), zero_stage(cfg))
     if torch.cuda.is_available() and not cfg.train.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)  # flash / memory-efficient kernels instead
     model, processor = build_model(cfg.model)

@@ -384,7 +384,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-cuda-graphs",
         dest="cuda_graphs",
         action="store_false",
-        help="torch on a GPU: decode steps launched eagerly instead of replayed from a CUDA graph",
+        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
+        "CUDA graph over a static one",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

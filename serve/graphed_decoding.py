@@ -15,7 +15,7 @@ cache that the host extends by one position before each replay, handed to the mo
 mask (transformers' mask builder returns a 4-D mask as it is, in every model family, and SDPA reads the
 boolean form); the step's input token and output logits are fixed tensors. Caches come
 in buckets of 512, 1024, 2048, ... tokens (capped at the context), the smallest that holds the prompt and
-the tokens it may add, so attention reads no more than twice what the sequence needs; each bucket keeps its
+the max_tokens it may add, so attention reads at most twice what the request may need; each bucket keeps its
 cache and graph for the next request of its size, and all graphs share one memory pool (they never run
 at once). `capture=False` runs the same static-cache step eagerly (any device; the tests check it against
 the dynamic cache on CPU).
@@ -57,10 +57,10 @@ class Bucket:
 class GraphedDecoder:
     def __init__(self, model: Any, context: int, capture: bool = True) -> None:
         text = model.config.get_text_config()
-        kinds = set(getattr(text, "layer_types", None) or ["full_attention"])
-        if kinds != {"full_attention"}:
+        sliding = [layer for layer in StaticCache(config=text, max_cache_len=1).layers if layer.is_sliding]
+        if sliding:  # as the cache itself reads the config: layer_types, or a sliding_window (Mistral)
             raise ValueError(
-                f"static-cache decoding needs full attention in every layer, not {sorted(kinds)}"
+                f"static-cache decoding needs full attention in every layer; {len(sliding)} use a sliding window"
             )
         if text._attn_implementation != "sdpa":  # the others read a 4-D mask differently
             raise ValueError(f"static-cache decoding needs SDPA attention, not {text._attn_implementation}")
@@ -130,10 +130,17 @@ class GraphedDecoder:
         bucket.logits = self.model.lm_head(hidden)
 
     def recorded(self, bucket: Bucket) -> bool:
-        """Capture the step; on a failure, say so once and decode eagerly from the static cache from now on."""
+        """Capture the step. On a failure the cache's length is put back where this step starts (a
+        warm-up that failed part-way has advanced some layers); out of memory is raised (this request
+        fails, the next one captures again); any other failure is said once, and decoding goes on
+        eagerly from the static cache from then on."""
         try:
             self.record(bucket)
         except RuntimeError as error:
+            for layer in bucket.cache.layers:
+                layer.cumulative_length.fill_(self.position)
+            if isinstance(error, torch.OutOfMemoryError):
+                raise
             warnings.warn(f"CUDA graph capture failed, decoding without graphs: {error}", stacklevel=2)
             self.capture = False
             return False

@@ -2,6 +2,10 @@
 across requests of different sizes and a bucket reused after a longer request; on a GPU, the CUDA-graph
 replay gives the eager step's logits and the engine's greedy answers."""
 
+import contextlib
+import json
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -90,6 +94,66 @@ def test_engines_on_cpu_decode_eagerly_and_other_attention_is_refused(student_di
     engine.model.set_attn_implementation("eager")
     with pytest.raises(ValueError, match="SDPA"):
         GraphedDecoder(engine.model, engine.context)
+
+
+def test_a_sliding_window_model_is_refused_also_without_layer_types(tmp_path, tokenizer):
+    """A Mistral LLM (BakLLaVA-style) says its window in sliding_window alone, and StaticCache reads that."""
+    llama = save_lively_model(
+        tokenizer, tmp_path / "llama", text_model_type="llama", vision_model_type="clip"
+    )
+    mistral = tmp_path / "mistral"
+    shutil.copytree(llama, mistral)
+    config = json.loads((mistral / "config.json").read_text())
+    config["text_config"].update(model_type="mistral", sliding_window=16)
+    config["text_config"].pop("layer_types", None)
+    (mistral / "config.json").write_text(json.dumps(config))
+    engine = TorchEngine(mistral, device="cpu")
+    with pytest.raises(ValueError, match="sliding window"):
+        GraphedDecoder(engine.model, engine.context)
+
+
+class NoStream:
+    """torch.cuda's stream calls, as no-ops: the capture's warm-up then runs on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("capture failed"), torch.OutOfMemoryError("out of memory")])
+def test_a_warm_up_that_fails_part_way_leaves_the_cache_where_the_step_starts(
+    student_dir, picture, monkeypatch, failure
+):
+    monkeypatch.setattr(torch.cuda, "Stream", NoStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: NoStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    engine = TorchEngine(student_dir, device="cpu")
+    inputs = prompt_inputs(engine, QUESTIONS[0], picture)
+    tokens = [5, 17, 3, 250]
+    want = static_logits(GraphedDecoder(engine.model, engine.context, capture=False), inputs, tokens)
+    armed = []
+
+    def fail_once(module, args):  # in the second layer: the first has already written its keys
+        if armed.pop() if armed else False:
+            raise failure
+
+    engine.model.model.language_model.layers[1].mlp.register_forward_pre_hook(fail_once)
+    decoder = GraphedDecoder(engine.model, engine.context)
+    got = [decoder.prefill(inputs, len(tokens) + 1)]
+    armed.append(True)  # the first step's capture: its warm-up fails in the second layer
+    if isinstance(failure, torch.OutOfMemoryError):  # raised: this request fails, graphs stay on
+        with pytest.raises(torch.OutOfMemoryError):
+            decoder.step(tokens[0])
+        assert decoder.capture and [
+            int(layer.cumulative_length) for layer in decoder.current.cache.layers
+        ] == [decoder.position] * len(decoder.current.cache.layers)
+        return
+    with pytest.warns(UserWarning, match="capture failed"):
+        got += [decoder.step(token) for token in tokens]
+    assert not decoder.capture
+    assert torch.allclose(torch.stack(got), want, atol=1e-5)
 
 
 @pytest.mark.gpu

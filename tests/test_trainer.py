@@ -1,6 +1,7 @@
 """Training runs end to end on tiny models: loss goes down, KD logs its terms, runs resume exactly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,9 +199,17 @@ def test_flex_attention_on_cpu_is_refused_before_anything_is_built(tmp_path, sha
         setup(cfg)
 
 
-def test_the_fused_kernel_without_a_gpu_is_refused_before_anything_is_built(tmp_path, shapes):
+def test_the_fused_kernel_without_a_gpu_or_under_zero_3_is_refused_before_anything_is_built(tmp_path, shapes):
     cfg = config(shapes, tmp_path / "run", loss={"fused_kernel": True})
     with pytest.raises(ConfigError, match="need a CUDA GPU"):
+        setup(cfg)
+    cfg = config(
+        shapes,
+        tmp_path / "run",
+        loss={"fused_kernel": True},
+        train={"deepspeed": str(Path(__file__).parents[1] / "configs/deepspeed/zero3.json")},
+    )
+    with pytest.raises(ConfigError, match="ZeRO-3 partitions"):
         setup(cfg)
 
 
