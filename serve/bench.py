@@ -6,13 +6,14 @@
 
 Engine mode: each model (a checkpoint, or an ONNX / GGUF export: the back end follows, or --backends
 names them for checkpoints) runs in its own process, so its peak memory is its own (RSS on CPU, CUDA
-peak allocated on GPU). Three warm-up completions, then --requests completions of exactly --new-tokens greedy tokens
-on one image + question: TTFT and decode speed (medians; each token time-stamped as it is chosen),
-end-to-end latency p50 / p95. Then the same process serves the model over HTTP (the real app on
-uvicorn, a local port) and the same requests stream through it, so "API TTFT / engine TTFT" is the
-server's own overhead. Ratios are against the first model, measured in the same run. LLaVA-1.5-7B is
-one of the models when its llava-hf checkpoint folder is given; on CPU without it, the tiny teacher
-stands in. Writes bench.json, bench.md and bench.png to --out.
+peak allocated on GPU). The same process also serves the model over HTTP (the real app on uvicorn,
+a local port). Three warm-up rounds, then --requests rounds, each one completion of exactly
+--new-tokens greedy tokens on one image + question from the engine, then the same request streamed
+through the API: TTFT and decode speed (medians; each token time-stamped as it is chosen),
+end-to-end latency p50 / p95, and the API's TTFT, so "API TTFT / engine TTFT" is the server's own
+overhead, measured in alternation so that both see the machine in the same state. Ratios are
+against the first model, measured in the same run. LLaVA-1.5-7B is one of the models when its
+llava-hf checkpoint folder is given; on CPU without it, the tiny teacher stands in. Writes bench.json, bench.md and bench.png to --out.
 
 Load mode: --concurrency clients send --requests streaming completions to a running server; prints
 throughput, latency percentiles, errors, and the server's resident memory (from its /metrics) after a
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,64 +87,80 @@ def peak_memory_mib(before_load: float) -> tuple[float, str]:
     return peak_rss_mib() - before_load, "peak RSS above imports"
 
 
-def engine_runs(
-    engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP
-) -> dict[str, list[float]]:
-    """Timed from the chat messages: the prompt is rendered and measured inside the timing, as the API does."""
+def engine_completion(engine: Any, image: Any, new_tokens: int) -> list[float]:
+    """One completion of exactly new_tokens, timed from the chat messages (the prompt is rendered and
+    measured inside the timing, as the API does): the start, then one time stamp per token."""
     from serve.sampling import Sampler
 
     messages = [{"role": "user", "content": f"{engine.image_text}\n{QUESTION}"}]
     ignore_eos = set(engine.eos_ids)
-    engine.eos_ids = set()  # exactly new_tokens per completion
+    engine.eos_ids = set()
     try:
-        ttft, speed, latency = [], [], []
-        for index in range(requests + warm_up):
-            start = time.perf_counter()
-            prompt = engine.prompt(messages, [image])
-            marks = [time.perf_counter() for _ in engine.stream(prompt, Sampler(0.0), new_tokens)]
-            if index < warm_up:
-                continue
-            ttft.append(marks[0] - start)
-            speed.append((len(marks) - 1) / max(marks[-1] - marks[0], 1e-9))
-            latency.append(marks[-1] - start)
+        start = time.perf_counter()
+        prompt = engine.prompt(messages, [image])
+        return [start] + [time.perf_counter() for _ in engine.stream(prompt, Sampler(0.0), new_tokens)]
     finally:
         engine.eos_ids = ignore_eos
-    return {"ttft": ttft, "speed": speed, "latency": latency}
 
 
-def api_runs(engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP) -> list[float]:
-    """The same completions streamed through the app on a local port: seconds to the first content chunk."""
+@contextlib.contextmanager
+def local_server(engine: Any, new_tokens: int) -> Iterator[tuple[Any, Any]]:
+    """The real app on uvicorn on a free local port, in a thread; yields it and an HTTP client to it."""
     import httpx
     import uvicorn
 
     from serve.app import Settings, create_app
 
-    config = uvicorn.Config(
-        create_app(engine, Settings(max_tokens_cap=max(new_tokens, 1024))), port=0, log_level="error"
-    )
+    app = create_app(engine, Settings(max_tokens_cap=max(new_tokens, 1024)))
+    config = uvicorn.Config(app, port=0, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    body = streaming_request(image, new_tokens)
-    firsts = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-            for index in range(requests + warm_up):
-                start = time.perf_counter()
-                first = None
-                with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                    for line in response.iter_lines():
-                        if first is None and line.startswith("data: {") and '"content"' in line:
-                            first = time.perf_counter() - start
-                if index >= warm_up and first is not None:
-                    firsts.append(first)
+            yield app, client
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return firsts
+
+
+def api_first_content(client: Any, body: dict[str, Any]) -> float | None:
+    """Seconds from sending a streamed completion to its first content chunk (None if none came)."""
+    start = time.perf_counter()
+    first = None
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: {") and '"content"' in line:
+                first = time.perf_counter() - start
+    return first
+
+
+def paired_runs(
+    engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP
+) -> dict[str, list[float]]:
+    """Engine completions and the same completions through the API, alternated one of each per round,
+    so both see the machine in the same state (a shared VM drifts by tens of percent over a run), and
+    both on the server's engine thread (the runtimes' thread pools belong to the thread that calls
+    them: switching threads between calls slowed llama.cpp's decoding fourfold here): TTFT, decode
+    speed and latency from the engine's, TTFT from the API's."""
+    ttft, speed, latency, api = [], [], [], []
+    with local_server(engine, new_tokens) as (app, client):
+        body = streaming_request(image, new_tokens)
+        engine_thread = app.state.gate.executor
+        for index in range(requests + warm_up):
+            marks = engine_thread.submit(engine_completion, engine, image, new_tokens).result()
+            first = api_first_content(client, body)
+            if index < warm_up:
+                continue
+            ttft.append(marks[1] - marks[0])
+            speed.append((len(marks) - 2) / max(marks[-1] - marks[1], 1e-9))
+            latency.append(marks[-1] - marks[0])
+            if first is not None:
+                api.append(first)
+    return {"ttft": ttft, "speed": speed, "latency": latency, "api_ttft": api}
 
 
 def measure(
@@ -174,8 +193,8 @@ def measure(
     on_torch = (backend or detect_backend(Path(model))) == "torch"  # --dtype is the checkpoints' only
     engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto", cuda_graphs)
     load = time.perf_counter() - start
-    runs = engine_runs(engine, image, new_tokens, requests, warm_up)
-    api = api_runs(engine, image, new_tokens, requests, warm_up)
+    runs = paired_runs(engine, image, new_tokens, requests, warm_up)
+    api = runs["api_ttft"]
     memory, memory_kind = peak_memory_mib(before)
     weights = getattr(engine, "model", None)
     return {
