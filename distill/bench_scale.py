@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 import yaml
 
 from distill.bench_methods import METHODS, uses_tpa
-from distill.launching import accelerate_train_command
+from distill.launching import accelerate_train_command, run_launched
 from distill.run_config import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,10 +152,10 @@ def process_count(args: argparse.Namespace) -> int:
     return args.num_processes or max(1, torch.cuda.device_count())
 
 
-def launch(config_file: Path, args: argparse.Namespace, overrides: list[str]) -> None:
+def launch(config_file: Path, args: argparse.Namespace, overrides: list[str], name: str) -> None:
     processes = process_count(args)
     command = accelerate_train_command(args.accelerate_config, processes, config_file, overrides)
-    subprocess.run(command, check=True, cwd=ROOT)
+    run_launched(command, name, ROOT)
 
 
 def gradient_checkpointing(args: argparse.Namespace) -> bool:
@@ -204,7 +203,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         throughput = {}
         for method in args.methods:
             print(f"== {method}", flush=True)
-            launch(config_file, args, method_overrides(method, args, work / "run"))
+            launch(config_file, args, method_overrides(method, args, work / "run"), f"scale-{method}")
             throughput[method] = json.loads((work / "run" / method / FINAL_DIR / SUMMARY_NAME).read_text())[
                 "throughput"
             ]

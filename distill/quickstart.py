@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import yaml
 from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
 from distill.irs import compute_irs, read_best_layer, write_irs
-from distill.launching import accelerate_train_command
+from distill.launching import accelerate_train_command, run_launched
 from distill.run_config import RunConfig
 from distill.synth.make import synthesize
 from distill.train import FINAL_DIR, run_training
@@ -79,7 +78,7 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
     command = accelerate_train_command(
         args.accelerate_config, args.num_processes, config, overrides, resume=resume
     )
-    subprocess.run(command, check=True, cwd=ROOT)
+    run_launched(command, name, ROOT)
 
 
 def run_stages(args: argparse.Namespace) -> dict[str, Path]:

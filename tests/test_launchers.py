@@ -83,3 +83,12 @@ def test_deepspeed_zero2_on_two_processes_trains_distills_and_resumes(
 
     out = launch(accelerate_yaml, run_yaml, "train.max_steps=5", "--resume")
     assert "resuming from" in out and "5 steps in" in out
+
+
+def test_a_failed_launched_stage_is_one_named_error_from_the_command_line(capsys):
+    from distill.errors import KNOWN_ERRORS
+    from distill.launching import StageError, run_launched
+
+    with pytest.raises(StageError, match="scale-kd: the launched training stage exited with status 3"):
+        run_launched([sys.executable, "-c", "import sys; sys.exit(3)"], "scale-kd")
+    assert StageError in KNOWN_ERRORS  # printed as one `error:` line, exit status 2
