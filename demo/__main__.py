@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from serve.engines import BACKENDS, DTYPES
+from serve.engines import BACKENDS, DTYPES, add_cuda_graphs_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="with a checkpoint: its precision (default: as saved)"
     )
-    parser.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
-        "CUDA graph over a static one",
-    )
+    add_cuda_graphs_argument(parser)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument(
         "--examples", type=Path, default=Path("data/shapes/test.json"), help="held-out records"

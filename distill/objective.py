@@ -12,9 +12,9 @@
 
 The student runs its normal forward (so DDP/DeepSpeed see it) with `logits_to_keep=1`; the terms
 are computed from its hidden states at the positions each term needs, by the chunked functions of
-`distill.losses`, so no [positions x vocabulary] logits exist whole (sft and kd by liger-kernel's
-fused kernels instead with loss.fused_kernel, on a GPU: distill/fused_losses.py; tpa too). The frozen teacher runs once
-per step under no_grad. sft, kd and tpa (also divided by d) are normalised by the supervised-token
+`distill.losses`, so no [positions x vocabulary] logits exist whole (with loss.fused_kernel, on a
+GPU, sft, kd and tpa go through liger-kernel's fused kernels instead: distill/fused_losses.py). The
+frozen teacher runs once per step under no_grad. sft, kd and tpa (also divided by d) are normalised by the supervised-token
 count of the whole accumulated batch; iva, hidden, vsd and vlad are means over images or positions
 of the micro-batch, divided by the accumulation steps. `DistillTrainer` (distill/trainer.py) mixes
 this in and weights the terms.
@@ -166,14 +166,9 @@ class ObjectiveMixin:
         n_items = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         head = self._unwrapped(model).lm_head
         terms: dict[str, torch.Tensor] = {}
-        if cfg.w_sft > 0 and cfg.fused_kernel:
-            nll = fused_cross_entropy_sum(student_hidden, head, labels[:, 1:][mask], self.vocab_size)
+        if cfg.w_sft > 0:
+            nll = self._cross_entropy_sum(student_hidden, head, labels[:, 1:][mask])
             terms["sft"] = normalized_sum(nll.reshape(1), n_items)
-        elif cfg.w_sft > 0:
-            nll = chunked_cross_entropy(
-                student_hidden, head, labels[:, 1:][mask], cfg.kl_chunk_size, self.vocab_size
-            )
-            terms["sft"] = normalized_sum(nll, n_items)
         if not cfg.needs_teacher:
             return terms
         candidates = self._draw_candidates(model, student_hidden) if cfg.w_tpa > 0 else None
@@ -310,6 +305,14 @@ class ObjectiveMixin:
         return self._divergence_sum(
             student_hidden, teacher_hidden, student.lm_head, teacher.lm_head, "forward_kl"
         )
+
+    def _cross_entropy_sum(self, hidden: torch.Tensor, head: Any, targets: torch.Tensor) -> torch.Tensor:
+        """The NLL of the targets summed over positions: liger-kernel's fused kernel, else chunked."""
+        if self.loss_config.fused_kernel:
+            return fused_cross_entropy_sum(hidden, head, targets, self.vocab_size)
+        return chunked_cross_entropy(
+            hidden, head, targets, self.loss_config.kl_chunk_size, self.vocab_size
+        ).sum()
 
     def _divergence_sum(
         self,

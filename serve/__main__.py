@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serve.engines import BACKENDS, DTYPES
+from serve.engines import BACKENDS, DTYPES, add_cuda_graphs_argument
 
 if TYPE_CHECKING:
     from serve.app import Settings
@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch back end: the weights' precision (default: as the checkpoint was saved)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for the engine (default: the runtime's)")
-    parser.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
-        "CUDA graph over a static one",
-    )
+    add_cuda_graphs_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="require Authorization: Bearer KEY (default: no key)")

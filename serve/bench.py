@@ -13,7 +13,8 @@ through the API: TTFT and decode speed (medians; each token time-stamped as it i
 end-to-end latency p50 / p95, and the API's TTFT, so "API TTFT / engine TTFT" is the server's own
 overhead, measured in alternation so that both see the machine in the same state. Ratios are
 against the first model, measured in the same run. LLaVA-1.5-7B is one of the models when its
-llava-hf checkpoint folder is given; on CPU without it, the tiny teacher stands in. Writes bench.json, bench.md and bench.png to --out.
+llava-hf checkpoint folder is given; on CPU without it, the tiny teacher stands in. Writes
+bench.json, bench.md and bench.png to --out.
 
 Load mode: --concurrency clients send --requests streaming completions to a running server; prints
 throughput, latency percentiles, errors, and the server's resident memory (from its /metrics) after a
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.staging import save_figure, write_text_atomic
-from serve.engines import DTYPES
+from serve.engines import DTYPES, add_cuda_graphs_argument
 
 DEFAULT_MODELS = [Path("runs/tiny/student-kd/final"), Path("runs/tiny/teacher/final")]
 QUESTION = "What color is the circle? Describe the picture."
@@ -196,11 +197,10 @@ def measure(
     runs = paired_runs(engine, image, new_tokens, requests, warm_up)
     api = runs["api_ttft"]
     memory, memory_kind = peak_memory_mib(before)
-    weights = getattr(engine, "model", None)
     return {
         "model": engine.name,
         "backend": engine.backend,
-        "dtype": str(next(weights.parameters()).dtype).removeprefix("torch.") if weights else None,
+        "dtype": getattr(engine, "weights_dtype", None),
         "cuda_graphs": getattr(engine, "graphs_on", False),
         "load_s": load,
         "ttft_ms": 1000 * statistics.median(runs["ttft"]),
@@ -399,13 +399,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="checkpoints' precision (default: as saved)"
     )
-    parser.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
-        "CUDA graph over a static one",
-    )
+    add_cuda_graphs_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=Path("runs/serve-bench"), help="bench.json, bench.md, bench.png"

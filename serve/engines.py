@@ -38,6 +38,17 @@ BACKENDS = ("torch", "onnx", "llama.cpp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def add_cuda_graphs_argument(parser: Any) -> None:
+    """`--no-cuda-graphs`, for every command that opens an engine (serve, demo, serve bench)."""
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="torch on a GPU: decode eagerly over transformers' dynamic KV cache instead of replaying a "
+        "CUDA graph over a static one",
+    )
+
+
 @dataclass
 class Prompt:
     text: str
@@ -157,9 +168,12 @@ class TorchEngine(Engine):
                 warnings.warn(f"{path}: decoding without CUDA graphs: {error}", stacklevel=2)
 
     @property
+    def weights_dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
     def description(self) -> str:
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        return f"torch {dtype} on {self.device}" + (", CUDA graphs" if self.graphs_on else "")
+        return f"torch {self.weights_dtype} on {self.device}" + (", CUDA graphs" if self.graphs_on else "")
 
     @property
     def graphs_on(self) -> bool:
