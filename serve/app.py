@@ -56,7 +56,7 @@ class Settings:
 class Place:
     """One admitted request's place in the gate, freed exactly once: by the engine job that ran the
     request (when it ends, so a client that left cannot make room while its job still waits or runs),
-    or, for a request whose job was never submitted, when its reply is dropped."""
+    or, for a request whose job was never submitted, by the request itself."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
@@ -74,6 +74,46 @@ class Place:
     def free_unless_submitted(self) -> None:
         if not self.submitted:
             self.free()
+
+
+class Delivery:
+    """The text pieces of one streamed completion, handed from the engine thread to the event loop
+    that writes the reply. Made on that loop; `send` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.cancelled = threading.Event()
+
+    def send(self, kind: str, value: Any) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+
+    def produce(self, completion: Completion) -> None:
+        """The engine job: run the completion unless the client has already left, stop when it leaves."""
+        try:
+            if not self.cancelled.is_set():
+                for text in completion:
+                    self.send("text", text)
+                    if self.cancelled.is_set():
+                        break
+            self.send("end", None)
+        except Exception as error:  # reported in the stream by the reader
+            self.send("error", error)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The pieces as they come; leaving early (the client went away) stops the generation."""
+        try:
+            while True:
+                kind, value = await self.queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            self.cancelled.set()
 
 
 class Gate:
@@ -104,6 +144,11 @@ class Gate:
         with self.count_lock:
             self.admitted -= 1
 
+    def idle(self) -> bool:
+        """Whether the request just admitted is the only one running or waiting."""
+        with self.count_lock:
+            return self.admitted == 1
+
     def submit(self, place: Place, job: Callable[[], Any]) -> Future:
         """Run `job` on the engine thread; the place is freed when it ends."""
 
@@ -115,44 +160,6 @@ class Gate:
 
         place.submitted = True
         return self.executor.submit(run)
-
-    async def complete(self, completion: Completion, place: Place) -> str:
-        return await asyncio.wrap_future(self.submit(place, lambda: "".join(completion)))
-
-    async def stream(self, completion: Completion, place: Place) -> AsyncIterator[str]:
-        """Text pieces as the engine thread makes them; a client that goes away stops the generation,
-        and a job whose client left while it waited in the queue never starts."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def send(kind: str, value: Any) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-
-        def produce() -> None:
-            try:
-                if not cancelled.is_set():
-                    for text in completion:
-                        send("text", text)
-                        if cancelled.is_set():
-                            break
-                send("end", None)
-            except Exception as error:  # reported in the stream by the caller
-                send("error", error)
-
-        self.submit(place, produce)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "text":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            cancelled.set()
 
 
 def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
@@ -232,21 +239,23 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         except ValidationError as error:
             raise ApiError(400, describe(error.errors(include_url=False))) from None
         place = gate.admit()  # 429 before any image is decoded
+        delivery = Delivery() if chat_request.stream else None
         try:
-            prompt, sampler, max_tokens = await run_in_threadpool(prepare, engine, settings, chat_request)
+            completion, job = await start(engine, settings, chat_request, gate, place, delivery, started)
         except BaseException:
-            place.free()
+            if delivery is not None:
+                delivery.cancelled.set()
+            place.free_unless_submitted()
             raise
-        completion = Completion(engine, prompt, sampler, max_tokens, chat_request.stop_strings(), started)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if chat_request.stream:
-            events = stream_events(completion, gate, place, metrics, reply_id, created, engine.name)
+        if delivery is not None:
+            events = stream_events(completion, delivery, metrics, reply_id, created, engine.name)
             return StreamingResponse(
-                released_on_collection(events, place),
+                cancelled_on_collection(events, delivery),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        text = await gate.complete(completion, place)
+        text = await asyncio.wrap_future(job)
         metrics.completed(completion)
         return {
             "id": reply_id,
@@ -341,17 +350,60 @@ def prepare(engine: Engine, settings: Settings, request: ChatRequest) -> tuple[A
     return prompt, sampler, max_tokens
 
 
-def released_on_collection(events: AsyncIterator[str], place: Place) -> AsyncIterator[str]:
-    """A client gone before the first chunk: Starlette never starts the generator, so no job is ever
-    submitted for it; the place is then freed when the generator is collected."""
-    weakref.finalize(events, place.free_unless_submitted)
+async def start(
+    engine: Engine,
+    settings: Settings,
+    request: ChatRequest,
+    gate: Gate,
+    place: Place,
+    delivery: Delivery | None,
+    started: float,
+) -> tuple[Completion, Future]:
+    """Prepare the request (images, prompt, limits) and submit its generation; returns the completion
+    once prepared and the job's future (a streamed job sends its pieces to `delivery`, any other
+    returns the whole text). An idle engine thread prepares the request itself and goes straight on to
+    generate: one thread hop from the event loop instead of three, which is 1 ms of the tiny model's
+    5 ms time to first token here. Behind other requests, a worker thread prepares it, so a bad
+    request is refused at once, not after the queue."""
+
+    def prepared() -> Completion:
+        prompt, sampler, max_tokens = prepare(engine, settings, request)
+        return Completion(engine, prompt, sampler, max_tokens, request.stop_strings(), started)
+
+    def generate(completion: Completion) -> str | None:
+        if delivery is not None:
+            delivery.produce(completion)
+            return None
+        return "".join(completion)
+
+    if gate.idle():
+        ready: Future = Future()
+
+        def prepare_then_generate() -> str | None:
+            try:
+                completion = prepared()
+            except BaseException as error:
+                ready.set_exception(error)
+                return None
+            ready.set_result(completion)
+            return generate(completion)
+
+        job = gate.submit(place, prepare_then_generate)
+        return await asyncio.wrap_future(ready), job
+    completion = await run_in_threadpool(prepared)
+    return completion, gate.submit(place, lambda: generate(completion))
+
+
+def cancelled_on_collection(events: AsyncIterator[str], delivery: Delivery) -> AsyncIterator[str]:
+    """A client gone before the first chunk: Starlette never starts the generator, so its job is told
+    to skip when the generator is collected (the job frees the request's place when it comes up)."""
+    weakref.finalize(events, delivery.cancelled.set)
     return events
 
 
 async def stream_events(
     completion: Completion,
-    gate: Gate,
-    place: Place,
+    delivery: Delivery,
     metrics: Metrics,
     reply_id: str,
     created: int,
@@ -374,7 +426,7 @@ async def stream_events(
 
     try:
         first = True
-        async for text in gate.stream(completion, place):
+        async for text in delivery.pieces():
             yield chunk({"role": "assistant", "content": text} if first else {"content": text})
             first = False
         yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())

@@ -274,7 +274,7 @@ def test_a_client_that_leaves_the_queue_keeps_its_place_until_its_job_is_skipped
     import asyncio
     import threading
 
-    from serve.app import Gate
+    from serve.app import Delivery, Gate
     from serve.generation import Completion
 
     gate, running = Gate(max_queue=1), threading.Event()
@@ -287,12 +287,14 @@ def test_a_client_that_leaves_the_queue_keeps_its_place_until_its_job_is_skipped
         completion = Completion(engine, prompt, Sampler(0.0), 4, [], 0.0)
 
         async def leave_while_queued() -> None:
-            events = gate.stream(completion, gate.admit())
-            waiting = asyncio.ensure_future(events.__anext__())
+            delivery = Delivery()
+            gate.submit(gate.admit(), lambda: delivery.produce(completion))
+            pieces = delivery.pieces()
+            waiting = asyncio.ensure_future(pieces.__anext__())
             await asyncio.sleep(0.05)
             waiting.cancel()  # the client goes away
             await asyncio.gather(waiting, return_exceptions=True)
-            await events.aclose()
+            await pieces.aclose()
 
         asyncio.run(leave_while_queued())
         assert gate.admitted == 2  # still queued: no room made yet
@@ -303,18 +305,60 @@ def test_a_client_that_leaves_the_queue_keeps_its_place_until_its_job_is_skipped
         engine.start = real_start
 
 
-def test_a_stream_never_started_frees_its_place_when_collected(engine):
+def test_a_stream_never_started_skips_its_job_and_frees_its_place(engine, picture):
+    """Starlette never starts the reply's generator when the client is gone before the first chunk:
+    collecting it must tell the already submitted job to skip, and the job then frees the place."""
+    import asyncio
     import gc
+    import threading
 
-    from serve.app import Gate, released_on_collection, stream_events
+    from serve.app import Delivery, Gate, cancelled_on_collection, stream_events
+    from serve.generation import Completion
     from serve.metrics import Metrics
 
-    gate = Gate(max_queue=0)
-    place = gate.admit()
-    events = released_on_collection(stream_events(None, gate, place, Metrics(), "id", 0, "m"), place)
-    assert gate.admitted == 1
-    del events
-    gc.collect()
+    gate, running = Gate(max_queue=1), threading.Event()
+    gate.submit(gate.admit(), running.wait)  # the engine thread is busy
+    prompt = engine.prompt([{"role": "user", "content": f"<image>\n{QUESTION}"}], [picture])
+    completion = Completion(engine, prompt, Sampler(0.0), 4, [], 0.0)
+
+    async def never_started() -> None:
+        delivery = Delivery()
+        gate.submit(gate.admit(), lambda: delivery.produce(completion))
+        events = cancelled_on_collection(
+            stream_events(completion, delivery, Metrics(), "id", 0, "m"), delivery
+        )
+        del events
+        gc.collect()
+        assert delivery.cancelled.is_set()
+
+    asyncio.run(never_started())
+    assert gate.admitted == 2
+    running.set()
+    gate.executor.submit(lambda: None).result(timeout=30)
+    assert gate.admitted == 0 and completion.completion_tokens == 0
+
+
+def test_a_bad_request_is_refused_at_once_behind_a_busy_engine_and_frees_its_place(engine, picture):
+    """An idle engine thread prepares a request itself; behind a busy one a worker does, so a bad
+    image is a 400 before the queue moves. Either way a refused request leaves no place taken."""
+    import threading
+
+    app = create_app(engine, Settings(max_queue=2))
+    client, gate = TestClient(app), app.state.gate
+    bad = {"messages": [image_message("data:image/png;base64,AAAA")]}
+    assert client.post("/v1/chat/completions", json=bad).status_code == 400  # idle: the engine thread
+    assert gate.admitted == 0
+    running = threading.Event()
+    gate.submit(gate.admit(), running.wait)  # the engine thread is busy until the end of the test
+    try:
+        assert client.post("/v1/chat/completions", json=bad).status_code == 400  # not stuck behind it
+        assert gate.admitted == 1
+    finally:
+        running.set()
+    gate.executor.submit(lambda: None).result(timeout=30)
+    good = {"messages": [image_message(data_url(picture))], "max_tokens": 2, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=good) as reply:
+        assert reply.status_code == 200 and "[DONE]" in "".join(reply.iter_text())
     assert gate.admitted == 0
 
 
