@@ -10,6 +10,10 @@ naming the file and the record index; `skip_bad_records` skips them instead and 
 Images are decoded lazily; a corrupt one raises (or, when skipping, is replaced by the next
 record and counted).
 
+With `split_turns`, each question of a multi-turn record becomes an example of its own (the image,
+if any, before the question): every answer must then come from the image and the question alone,
+as at evaluation time, not from what earlier turns of the conversation already said.
+
 When the teacher sees images differently from the student (another resolution or number of
 visual tokens), each example carries a second set of tensors prefixed `teacher_`; the text tokens,
 and therefore the supervised positions, are the same for both.
@@ -78,6 +82,36 @@ def read_records(path: str | Path) -> list[Any]:
     return records
 
 
+def split_conversation(record: Any, image_token: str) -> list[dict[str, Any]]:
+    """One single-turn record per (human, gpt) pair of `record`, each with the record's system turn
+    if it has one and its image (the placeholder moved before the question). A record the checks
+    would refuse (malformed, or not exactly one placeholder with an image) is returned whole, for
+    them to name its fault."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        return [record]
+    system = turns[:1] if turns and turns[0].get("from") == "system" else []
+    pairs = turns[len(system) :]
+    if len(pairs) % 2 or not all(
+        isinstance(t.get("value"), str) and t.get("from") == ("human" if i % 2 == 0 else "gpt")
+        for i, t in enumerate(pairs)
+    ):
+        return [record]
+    has_image = "image" in record
+    if has_image and sum(t["value"].count(image_token) for t in pairs) != 1:
+        return [record]
+    parts = []
+    for k in range(0, len(pairs), 2):
+        question = pairs[k]["value"]
+        if has_image:
+            for placeholder in (f"{image_token}\n", f"\n{image_token}", image_token):
+                question = question.replace(placeholder, "")
+            question = f"{image_token}\n{question}"
+        conversation = [*system, {"from": "human", "value": question}, pairs[k + 1]]
+        parts.append({**record, "conversations": conversation})
+    return parts
+
+
 class LlavaDataset(Dataset):
     """Tokenized LLaVA records; item i is a dict of numpy arrays and an optional image path."""
 
@@ -89,6 +123,7 @@ class LlavaDataset(Dataset):
         skip_bad_records: bool = False,
         max_records: int | None = None,
         progress: bool = True,
+        split_turns: bool = False,
     ) -> None:
         if "student" not in views:
             raise ValueError("views must contain a 'student' view")
@@ -101,13 +136,15 @@ class LlavaDataset(Dataset):
         )
         self.skipped: Counter[str] = Counter()
         records = read_records(self.path)[:max_records]
+        image_token = views["student"].encoder.image_token
         # (input_ids, labels, instruction mask, image file, record index), before image expansion
         self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]] = []
         for index, record in enumerate(
             tqdm(records, desc=f"tokenize {self.path.name}", disable=not progress, leave=False)
         ):
             try:
-                self.examples.append(self._encode(record, index))
+                parts = split_conversation(record, image_token) if split_turns else [record]
+                self.examples.extend([self._encode(part, index) for part in parts])  # all or none
             except DataError as error:
                 if not skip_bad_records:
                     raise DataError(f"{self.path}, record {index}: {error}") from None

@@ -94,6 +94,8 @@ class DataConfig:
         False  # skip malformed records and unreadable images (counted) instead of failing
     )
     max_records: int | None = None  # use only the first N records (quick experiments)
+    # each question of a multi-turn record its own example, with the image (distill/data.py)
+    split_turns: bool = False
 
     def __post_init__(self) -> None:
         check_range("data.max_length", self.max_length, 8)
@@ -221,6 +223,9 @@ class TrainConfig:
         None  # DeepSpeed JSON (configs/deepspeed/zero2.json); used under accelerate launch
     )
     dataloader_num_workers: int = 0  # worker processes loading images
+    # draw batches of similar length (transformers' LengthGroupedSampler: each group of 50 batches
+    # sorted by length, the batches shuffled), so little of a step is spent on padding
+    group_by_length: bool = False
     report_to: Literal["tensorboard", "none"] = "tensorboard"  # where metrics go (output_dir/logs)
     torch_threads: int = 0  # CPU threads for torch (0: torch's default)
     # Let SDPA pick its cuDNN kernel on GPU. Off by default: on an H100 (torch 2.11) it spent ~7 ms of

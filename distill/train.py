@@ -198,6 +198,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         save_total_limit=t.save_total_limit,
         deepspeed=deepspeed_config(cfg),
         dataloader_num_workers=t.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
         optim="adamw_torch",
@@ -231,7 +232,12 @@ def setup(cfg: RunConfig) -> Setup:
             teacher_processor, image_token_count(teacher.config), cfg.data.max_length
         )
     dataset = LlavaDataset(
-        cfg.data.train_json, views, cfg.data.image_folder, cfg.data.skip_bad_records, cfg.data.max_records
+        cfg.data.train_json,
+        views,
+        cfg.data.image_folder,
+        cfg.data.skip_bad_records,
+        cfg.data.max_records,
+        split_turns=cfg.data.split_turns,
     )
     trainer = DistillTrainer(
         model=model,

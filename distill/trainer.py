@@ -29,6 +29,7 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from distill.attention_capture import install_capture
+from distill.batching import LengthGroupedSampler
 from distill.configuration import ConfigError, save_config
 from distill.hidden_alignment import PROJECTION_ATTRIBUTE, attach_projection
 from distill.objective import ObjectiveMixin
@@ -101,6 +102,16 @@ class DistillTrainer(ObjectiveMixin, Trainer):
                 self.teacher = prepare_deepspeed_teacher(teacher, self.accelerator)
             else:
                 self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """train.group_by_length: batches of similar length (distill/batching.py), from the lengths of
+        the tokenized records; transformers' own sampler would load every item, images included."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(
+                dataset.lengths, self.args.per_device_train_batch_size, self.args.seed
+            )
+        return super()._get_train_sampler(train_dataset)
 
     # -- optimizer -------------------------------------------------------------------------------
     def module_learning_rates(self) -> dict[str, float]:

@@ -145,13 +145,63 @@ def good(i, image="images/a.png"):
         ),
     ],
 )
-def test_bad_records_name_the_file_and_index(tmp_path, shapes, tokenizer, bad, message):
+@pytest.mark.parametrize("split_turns", [False, True])
+def test_bad_records_name_the_file_and_index(tmp_path, shapes, tokenizer, bad, message, split_turns):
     path = write_records(tmp_path, shapes, [good(0), bad, good(2)])
     with pytest.raises(DataError, match=rf"data.json, record 1: {message}"):
-        LlavaDataset(path, {"student": view(tokenizer)}, progress=False)
-    dataset = LlavaDataset(path, {"student": view(tokenizer)}, skip_bad_records=True, progress=False)
+        LlavaDataset(path, {"student": view(tokenizer)}, progress=False, split_turns=split_turns)
+    dataset = LlavaDataset(
+        path, {"student": view(tokenizer)}, skip_bad_records=True, progress=False, split_turns=split_turns
+    )
     assert len(dataset) == 2
     assert "1 skipped" in dataset.report()
+
+
+def test_split_turns_makes_one_example_per_question_each_with_the_image(tmp_path, shapes, tokenizer):
+    conversation = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "What color is it?\n<image>"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Where is it?"},
+        {"from": "gpt", "value": "top left"},
+    ]
+    text_only = {"conversations": [{"from": "human", "value": "Which shape?"}, {"from": "gpt", "value": "a"}]}
+    path = write_records(
+        tmp_path, shapes, [{"image": "images/a.png", "conversations": conversation}, text_only]
+    )
+    dataset = LlavaDataset(path, {"student": view(tokenizer)}, progress=False, split_turns=True)
+    assert len(dataset) == 3 and len(LlavaDataset(path, {"student": view(tokenizer)}, progress=False)) == 2
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    items = [dataset[i] for i in range(3)]
+    for item, answer, question in zip(
+        items, ["red", "top left", "a"], ["What color is it?", "Where is it?", "Which shape?"]
+    ):
+        ids, labels = item["input_ids"], item["labels"]
+        assert supervised_text(tokenizer, ids, labels) == f"{answer}<|im_end|>"
+        text = tokenizer.decode(ids[ids != image_id])
+        assert "Be brief." in text or answer == "a"
+        assert question in text and text.count("<|im_start|>user") == 1
+    assert all(int((item["input_ids"] == image_id).sum()) == 4 for item in items[:2])  # 32 px / 16: 4 tokens
+    assert "pixel_values" in items[1] and "pixel_values" not in items[2]
+
+
+def test_a_record_that_fails_after_splitting_is_skipped_whole(tmp_path, shapes, tokenizer):
+    long_question = " ".join(["word"] * 400)
+    record = {
+        "image": "images/a.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "a circle"},
+            {"from": "human", "value": long_question},
+            {"from": "gpt", "value": "a square"},
+        ],
+    }
+    path = write_records(tmp_path, shapes, [good(0), record])
+    short = view(tokenizer, max_length=64)  # the first question fits, the second leaves no answer
+    with pytest.raises(DataError, match="record 1: too long"):
+        LlavaDataset(path, {"student": short}, progress=False, split_turns=True)
+    dataset = LlavaDataset(path, {"student": short}, progress=False, split_turns=True, skip_bad_records=True)
+    assert len(dataset) == 1 and "1 skipped" in dataset.report()
 
 
 def test_malformed_json_file_is_named(tmp_path, tokenizer):

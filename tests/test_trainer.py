@@ -125,10 +125,14 @@ def weights(final):
     return load_file(final / "model.safetensors")
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes):
-    reference = weights(run_training(config(shapes, tmp_path / "straight")))
+@pytest.mark.parametrize("grouped", [False, True], ids=["random batches", "length-grouped single turns"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes, grouped):
+    # 2 records of 4-5 questions: an epoch every 2-3 steps, so the resumed run starts a new one
+    grouped_sections = {"train": {"group_by_length": True}, "data": {"split_turns": True, "max_records": 2}}
+    sections = grouped_sections if grouped else {}
+    reference = weights(run_training(config(shapes, tmp_path / "straight", **sections)))
 
-    cfg = config(shapes, tmp_path / "killed")
+    cfg = config(shapes, tmp_path / "killed", **sections)
     s = setup(cfg)
     s.trainer.add_callback(StopAt(5))
     with pytest.raises(KeyboardInterrupt):
