@@ -223,8 +223,8 @@ class TrainConfig:
         None  # DeepSpeed JSON (configs/deepspeed/zero2.json); used under accelerate launch
     )
     dataloader_num_workers: int = 0  # worker processes loading images
-    # draw batches of similar length (transformers' LengthGroupedSampler: each group of 50 batches
-    # sorted by length, the batches shuffled), so little of a step is spent on padding
+    # draw batches of similar length (distill/batching.py: each group of 50 batches sorted by length,
+    # then all batches shuffled), so little of a step is spent on padding
     group_by_length: bool = False
     report_to: Literal["tensorboard", "none"] = "tensorboard"  # where metrics go (output_dir/logs)
     torch_threads: int = 0  # CPU threads for torch (0: torch's default)
