@@ -184,10 +184,19 @@ def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
             raise FileNotFoundError(f"{folder}: not an export folder (no manifest.json)")
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format") == "llava-gguf":
-            rows += [(f"gguf {name} ({folder.name})", f"gguf:{name}", folder) for name in manifest["files"]]
+            rows += [
+                (gguf_row_name(name, folder, manifest), f"gguf:{name}", folder) for name in manifest["files"]
+            ]
         else:
             rows.append((f"onnx {label(manifest)} ({folder.name})", "onnx", folder))
     return rows
+
+
+def gguf_row_name(name: str, folder: Path, manifest: dict[str, Any]) -> str:
+    embeddings = manifest.get("embedding_type")
+    if embeddings and name not in ("f32", "f16"):
+        return f"gguf {name}, embeddings {embeddings} ({folder.name})"
+    return f"gguf {name} ({folder.name})"
 
 
 def has_mmproj(folder: Path) -> bool:

@@ -46,17 +46,32 @@ QUANT_TYPES = {
     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
 }
 NAMES = ("f32", "f16", *QUANT_TYPES)
+# --embedding-type: the token embedding and output matrices of every quantized file (llama-quantize's
+# --token-embedding-type and --output-tensor-type). llama.cpp's own choice for q4_k_m keeps them at q6_k or,
+# where the width is not a multiple of 256, q8_0: on a small LM with a tied 151,936-row vocabulary that one
+# matrix is a third of the file and of every decoded token's weight reads.
+EMBEDDING_TYPES = {
+    "q4_0": "GGML_TYPE_Q4_0",
+    "q5_0": "GGML_TYPE_Q5_0",
+    "q8_0": "GGML_TYPE_Q8_0",
+    "q4_k": "GGML_TYPE_Q4_K",
+    "q6_k": "GGML_TYPE_Q6_K",
+}
 # Largest relative error ||llama.cpp - transformers|| / ||transformers|| of a probe image's embeddings:
 # f16 or q8_0 weights and the tanh form of the projector's GELU stay well inside it (under 1% on the
 # tiny default, a few % on a 27-layer tower in q8_0); a wrong graph is off by the order of 100%.
 MMPROJ_TOLERANCE = 0.05
 
 
-def quantize(source: Path, target: Path, name: str) -> None:
+def quantize(source: Path, target: Path, name: str, embedding_type: str | None = None) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[name])
+    if embedding_type is not None:
+        params.token_embedding_type = params.output_tensor_type = getattr(
+            llama_cpp, EMBEDDING_TYPES[embedding_type]
+        )
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0 or not target.is_file():
         raise ExportError(f"llama.cpp could not quantize {source.name} to {name} (status {status})")
@@ -73,12 +88,25 @@ def parse_quants(text: str) -> list[str]:
 
 
 def export_gguf(
-    model_dir: str | Path, out: str | Path, quants: list[str], mmproj_type: str | None = None
+    model_dir: str | Path,
+    out: str | Path,
+    quants: list[str],
+    mmproj_type: str | None = None,
+    embedding_type: str | None = None,
 ) -> dict[str, Path]:
     model_dir, out = Path(model_dir), Path(out)
     quants = parse_quants(",".join(quants))  # refused before anything is loaded or written
     if mmproj_type is not None and mmproj_type not in MMPROJ_TYPES:
         raise ExportError(f"unknown mmproj type {mmproj_type!r}; choose from {', '.join(MMPROJ_TYPES)}")
+    if embedding_type is not None and embedding_type not in EMBEDDING_TYPES:
+        raise ExportError(
+            f"unknown embedding type {embedding_type!r}; choose from {', '.join(EMBEDDING_TYPES)}"
+        )
+    if embedding_type is not None and not set(quants) & set(QUANT_TYPES):
+        raise ExportError(
+            f"--embedding-type {embedding_type} applies to quantized files; --quant asks for "
+            f"{', '.join(quants)} only"
+        )
     check_llava_dir(model_dir)
     model, processor = load_llava(model_dir)
     try:
@@ -98,7 +126,7 @@ def export_gguf(
         model.generation_config.save_pretrained(staging)
         source = write_text_gguf(model, processor.tokenizer, staging / f"model-{base}.gguf", base)
         files[base] = out / source.name
-        write_manifest(staging, model_dir, {base: source.name}, mmproj.name)
+        write_manifest(staging, model_dir, {base: source.name}, mmproj.name, embedding_type=embedding_type)
         difference = verify_mmproj(staging, base, model, processor)
         for name in quants:
             if name == base:
@@ -106,25 +134,30 @@ def export_gguf(
             if name in ("f32", "f16"):  # both asked for: the other float file written too
                 write_text_gguf(model, processor.tokenizer, staging / f"model-{name}.gguf", name)
             else:
-                quantize(source, staging / f"model-{name}.gguf", name)
+                quantize(source, staging / f"model-{name}.gguf", name, embedding_type)
             files[name] = out / f"model-{name}.gguf"
         if base not in quants:
             source.unlink()
             del files[base]
-        write_manifest(
-            staging, model_dir, {name: path.name for name, path in files.items()}, mmproj.name, difference
-        )
+        files_by_name = {name: path.name for name, path in files.items()}
+        write_manifest(staging, model_dir, files_by_name, mmproj.name, difference, embedding_type)
     return files
 
 
 def write_manifest(
-    folder: Path, model_dir: Path, files: dict[str, str], mmproj: str, difference: float | None = None
+    folder: Path,
+    model_dir: Path,
+    files: dict[str, str],
+    mmproj: str,
+    difference: float | None = None,
+    embedding_type: str | None = None,
 ) -> None:
     manifest = {
         "format": "llava-gguf",
         "source": str(model_dir.resolve()),
         "source_sha256": source_hash(model_dir),
         "files": files,
+        "embedding_type": embedding_type,  # None: llama.cpp's choice for each quantization
         "vision": mmproj,
         "vision_relative_error": difference,
     }
@@ -192,11 +225,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MMPROJ_TYPES,
         help="the vision file's matrices (default: f16; f32 when only f32 is asked for; q8_0 halves it again)",
     )
+    parser.add_argument(
+        "--embedding-type",
+        choices=EMBEDDING_TYPES,
+        help="the token embedding and output matrices of the quantized files (default: llama.cpp's choice, "
+        "q6_k or q8_0 for q4_k_m; q4_0 makes a small LM with a large vocabulary smaller and faster to decode)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     quants = parse_quants(args.quant)
-    for name, path in export_gguf(args.model, args.out, quants, args.mmproj_type).items():
+    files = export_gguf(args.model, args.out, quants, args.mmproj_type, args.embedding_type)
+    for name, path in files.items():
         print(f"{path}: {name}, {path.stat().st_size / 2**20:.2f} MiB")
     manifest = json.loads((args.out / "manifest.json").read_text())
     mmproj = args.out / manifest["vision"]

@@ -6,7 +6,8 @@
 
 Engine mode: each model (a checkpoint, or an ONNX / GGUF export: the back end follows, or --backends
 names them for checkpoints) runs in its own process, so its peak memory is its own (RSS on CPU, CUDA
-peak allocated on GPU). The same process also serves the model over HTTP (the real app on uvicorn,
+peak allocated on GPU; for PyTorch on CPU also the peak of its tensors, weights included, from one
+more completion under torch.profiler: serve/tensor_memory.py). The same process also serves the model over HTTP (the real app on uvicorn,
 a local port). Three warm-up rounds, then --requests rounds, each one completion of exactly
 --new-tokens greedy tokens on one image + question from the engine, then the same request streamed
 through the API: TTFT and decode speed (medians; each token time-stamped as it is chosen),
@@ -206,6 +207,12 @@ def measure(
     runs = paired_runs(engine, image, new_tokens, requests, warm_up)
     api = runs["api_ttft"]
     memory, memory_kind = peak_memory_mib(before)
+    tensors = None
+    on_cpu = torch.device(getattr(engine, "device", "cpu")).type == "cpu"
+    if engine.backend == "torch" and on_cpu:  # on a GPU, CUDA peak allocated is the tensors' peak
+        from serve.tensor_memory import peak_tensor_mib
+
+        tensors = peak_tensor_mib(engine.model, lambda: engine_completion(engine, image, new_tokens))
     return {
         "model": engine.name,
         "backend": engine.backend,
@@ -220,6 +227,7 @@ def measure(
         "weights_mib": sum(f.stat().st_size for f in engine.weight_files()) / 2**20,
         "peak_memory_mib": memory,
         "memory_kind": memory_kind,
+        "peak_tensor_mib": tensors,
     }
 
 
@@ -262,8 +270,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {args.warm_up} warm-ups, "
         f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({label(base)}):",
         "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
-        f"| weight files (MiB) | {base['memory_kind']} (MiB) | TTFT vs first | decode vs first | memory vs first |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| weight files (MiB) | {base['memory_kind']} (MiB) | peak tensors (MiB) | TTFT vs first | decode vs first "
+        "| memory vs first | tensors vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         api = r["api_ttft_ms"]
@@ -272,8 +281,10 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['model']} | {label(r)} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
             f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {milliseconds(api)} | {overhead} | "
             f"{r['weights_mib']:.1f} | "
-            f"{r['peak_memory_mib']:.0f} | {r['ttft_ms'] / base['ttft_ms']:.2f}x | "
-            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x |"
+            f"{r['peak_memory_mib']:.0f} | {mebibytes(r.get('peak_tensor_mib'))} | "
+            f"{r['ttft_ms'] / base['ttft_ms']:.2f}x | "
+            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x | "
+            f"{ratio(r.get('peak_tensor_mib'), base.get('peak_tensor_mib'))} |"
         )
     return "\n".join(lines)
 
@@ -381,6 +392,14 @@ def load_report(r: dict[str, Any]) -> str:
 def milliseconds(value: float | None, digits: int = 1, unit: str = "") -> str:
     """A figure that may be missing (no request succeeded): "n/a" then."""
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def mebibytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    return "n/a" if value is None or not base else f"{value / base:.2f}x"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

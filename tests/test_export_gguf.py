@@ -84,6 +84,36 @@ def test_q8_0_mmproj_is_smaller_and_still_verified(student_dir, tmp_path, capsys
     assert not (tmp_path / "bad").exists()
 
 
+def test_embedding_type_quantizes_the_token_embeddings_and_the_bench_names_it(
+    shapes, student_dir, tmp_path, capsys
+):
+    args = ["gguf", "--model", str(student_dir), "--quant", "q4_k_m"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    assert main([*args, "--embedding-type", "q4_0", "--out", str(tmp_path / "q4emb")]) == 0
+    kinds = {}
+    for folder in ("default", "q4emb"):
+        reader = gguf.GGUFReader(str(tmp_path / folder / "model-q4_k_m.gguf"))
+        kinds[folder] = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["q4emb"]["token_embd.weight"] == gguf.GGMLQuantizationType.Q4_0
+    assert kinds["default"]["token_embd.weight"] != gguf.GGMLQuantizationType.Q4_0
+    if "output.weight" in kinds["q4emb"]:  # an untied LM head follows the same type
+        assert kinds["q4emb"]["output.weight"] == gguf.GGMLQuantizationType.Q4_0
+    sizes = [(tmp_path / f / "model-q4_k_m.gguf").stat().st_size for f in ("q4emb", "default")]
+    assert sizes[0] < sizes[1]
+    manifest = json.loads((tmp_path / "q4emb" / "manifest.json").read_text())
+    assert manifest["embedding_type"] == "q4_0"
+    runner = GgufLlava(tmp_path / "q4emb", "q4_k_m", use_gpu=False)
+    assert len(runner.generate([None], ["red"], 4, ignore_eos=True)[0]) == 4
+    bench = ["bench", "--model", str(student_dir), "--export", str(tmp_path / "q4emb")]
+    assert main([*bench, "--data", str(shapes / "test.json"), "--new-tokens", "2", "--repeats", "1"]) == 0
+    assert "| gguf q4_k_m, embeddings q4_0 (q4emb) |" in capsys.readouterr().out
+    with pytest.raises(ExportError, match="applies to quantized files"):
+        export_gguf(student_dir, tmp_path / "bad", ["f16"], embedding_type="q4_0")
+    with pytest.raises(ExportError, match="unknown embedding type 'q3'"):
+        export_gguf(student_dir, tmp_path / "bad", ["q4_k_m"], embedding_type="q3")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("tower", ["clip", "siglip"])
 def test_mmproj_of_a_clip_tower_and_a_square_ffn(tmp_path, tokenizer, tower):
     """A tower whose FFN is square, where llama.cpp's legacy up/down swap fires, read at its second-to-last

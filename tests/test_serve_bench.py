@@ -24,6 +24,7 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
     assert all(r["ttft_ms"] > 0 and r["api_ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
     on_disk = sum(f.stat().st_size for f in student_dir.glob("*.safetensors")) / 2**20
     assert rows[0]["weights_mib"] == on_disk and rows[1]["weights_mib"] > on_disk
+    assert on_disk < rows[0]["peak_tensor_mib"] < rows[1]["peak_tensor_mib"]  # weights + cache + activations
     assert rows[0]["memory_kind"] == "peak RSS above imports" and (out / "bench.png").stat().st_size > 1000
     assert (out / "bench.md").read_text().startswith("one image + question")
 
