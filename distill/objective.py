@@ -85,8 +85,9 @@ class ObjectiveMixin:
         prefix = "teacher_" if "teacher_input_ids" in inputs else ""
         teacher = self._unwrapped(self.teacher)
         ids, attention = inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"]
-        instruction, position_ids, length = inputs[f"{prefix}instruction_mask"], None, ids.shape[1]
-        run_ids, run_attention = ids, attention
+        instruction, length = inputs[f"{prefix}instruction_mask"], ids.shape[1]
+        position_ids = inputs.get(f"{prefix}position_ids")  # packed rows (distill/packing.py)
+        run_ids, run_attention = ids, None if position_ids is not None else attention
         if ribbon_candidates is not None:
             layout = response_layout(inputs[f"{prefix}labels"])
             run_ids, position_ids, run_attention = ribbon_inputs(
@@ -142,9 +143,11 @@ class ObjectiveMixin:
             else contextlib.nullcontext({})
         )
         with capture as alphas:
+            packed = "position_ids" in inputs  # distill/packing.py: the restarts of the positions mask
             outputs = model(
                 input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
+                attention_mask=None if packed else inputs["attention_mask"],
+                position_ids=inputs.get("position_ids"),
                 pixel_values=inputs.get("pixel_values"),
                 output_hidden_states=True,
                 logits_to_keep=1,

@@ -96,6 +96,9 @@ class DataConfig:
     max_records: int | None = None  # use only the first N records (quick experiments)
     # each question of a multi-turn record its own example, with the image (distill/data.py)
     split_turns: bool = False
+    # several examples per row instead of one padded row each: the same loss, less padding to compute
+    # (distill/packing.py); for SFT and KD
+    pack: bool = False
 
     def __post_init__(self) -> None:
         check_range("data.max_length", self.max_length, 8)
@@ -276,6 +279,13 @@ class RunConfig:
         for term, weight in self.loss.teacher_terms.items():
             if weight > 0 and self.teacher.path is None:
                 raise ConfigError(f"loss.{term} > 0 needs a teacher: set teacher.path")
+        layout_terms = ("w_iva", "w_tpa", "w_hidden", "w_vsd", "w_vlad", "on_policy_ratio")
+        unpackable = [f"loss.{name}" for name in layout_terms if getattr(self.loss, name) > 0]
+        if self.data.pack and unpackable:
+            raise ConfigError(
+                f"data.pack packs several examples into a row, which {', '.join(unpackable)} "
+                "cannot read (they need each example's own row): set data.pack=false"
+            )
         if self.loss.w_tpa > 0 and self.train.gradient_checkpointing:
             raise ConfigError(
                 "loss.w_tpa > 0 continues the first pass's KV cache, which gradient checkpointing does not keep; "

@@ -41,6 +41,7 @@ from distill.modeling import (
     load_processor,
     set_trainable,
 )
+from distill.packing import PackingCollator
 from distill.pairing import PairError, PairReport, check_pair
 from distill.profiling import StepProfiler
 from distill.run_config import ModelConfig, RunConfig
@@ -243,7 +244,11 @@ def setup(cfg: RunConfig) -> Setup:
         model=model,
         args=training_arguments(cfg),
         train_dataset=dataset,
-        data_collator=PaddingCollator(processor.tokenizer.pad_token_id),
+        data_collator=(
+            PackingCollator(processor.tokenizer.pad_token_id)
+            if cfg.data.pack
+            else PaddingCollator(processor.tokenizer.pad_token_id)
+        ),
         processing_class=processor,
         loss_config=cfg.loss,
         vocab_size=pair.vocab_size if pair else len(processor.tokenizer),
