@@ -42,6 +42,7 @@ from distill.conversation import (
     expand_image_tokens,
     expand_mask,
 )
+from distill.pixel_cache import PixelCache
 
 
 @dataclass
@@ -124,6 +125,7 @@ class LlavaDataset(Dataset):
         max_records: int | None = None,
         progress: bool = True,
         split_turns: bool = False,
+        image_cache_mib: float = 0.0,
     ) -> None:
         if "student" not in views:
             raise ValueError("views must contain a 'student' view")
@@ -131,6 +133,7 @@ class LlavaDataset(Dataset):
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.skip_bad_records = skip_bad_records
         self.views = views
+        self.pixel_cache = PixelCache(image_cache_mib)  # distill/pixel_cache.py
         self.teacher_separate = "teacher" in views and (
             views["teacher"].image_signature() != views["student"].image_signature()
         )
@@ -225,13 +228,28 @@ class LlavaDataset(Dataset):
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{self.path}, record {index}: corrupt image {path} ({error})") from None
 
+    def _pixels(self, image_name: str, index: int) -> dict[str, torch.Tensor]:
+        """The example's image as each view's pixel_values (from the cache where it holds them)."""
+        names = ["student", "teacher"] if self.teacher_separate else ["student"]
+        pixels = {name: self.pixel_cache.get((name, image_name)) for name in names}
+        missing = [name for name, tensor in pixels.items() if tensor is None]
+        if missing:
+            image = self._load_image(image_name, index)
+            for name in missing:
+                tensor = self.views[name].image_processor(images=image, return_tensors="pt")["pixel_values"][
+                    0
+                ]
+                self.pixel_cache.put((name, image_name), tensor)
+                pixels[name] = tensor
+        return pixels
+
     def _view_tensors(
         self,
         view: ModelView,
         ids: np.ndarray,
         labels: np.ndarray,
         instruction: np.ndarray,
-        image: Image.Image | None,
+        pixels: torch.Tensor | None,
     ) -> dict:
         image_id, n_image = view.encoder.image_token_id, view.num_image_tokens
         instruction = expand_mask(instruction, ids, image_id, n_image)
@@ -241,8 +259,8 @@ class LlavaDataset(Dataset):
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "instruction_mask": torch.from_numpy(instruction),
         }
-        if image is not None:
-            item["pixel_values"] = view.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        if pixels is not None:
+            item["pixel_values"] = pixels
         return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -250,15 +268,17 @@ class LlavaDataset(Dataset):
             position = (i + attempt) % len(self.examples)
             ids, labels, instruction, image_name, index = self.examples[position]
             try:
-                image = self._load_image(image_name, index) if image_name is not None else None
+                pixels = self._pixels(image_name, index) if image_name is not None else {}
             except DataError:
                 if not self.skip_bad_records:
                     raise
                 self._bad_images[position] = 1  # its place in the batch goes to the next record
                 continue
-            item = self._view_tensors(self.views["student"], ids, labels, instruction, image)
+            item = self._view_tensors(self.views["student"], ids, labels, instruction, pixels.get("student"))
             if self.teacher_separate:
-                teacher = self._view_tensors(self.views["teacher"], ids, labels, instruction, image)
+                teacher = self._view_tensors(
+                    self.views["teacher"], ids, labels, instruction, pixels.get("teacher")
+                )
                 item.update({f"teacher_{k}": v for k, v in teacher.items()})
             return item
         raise DataError(f"{self.path}: every image is unreadable")

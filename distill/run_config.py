@@ -99,9 +99,12 @@ class DataConfig:
     # several examples per row instead of one padded row each: the same loss, less padding to compute
     # (distill/packing.py); for SFT and KD
     pack: bool = False
+    # processed images kept in memory between draws, in MiB per data-loading process (distill/pixel_cache.py)
+    image_cache_mib: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("data.max_length", self.max_length, 8)
+        check_range("data.image_cache_mib", self.image_cache_mib, 0.0)
         if self.max_records is not None:
             check_range("data.max_records", self.max_records, 1)
 

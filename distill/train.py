@@ -239,6 +239,7 @@ def setup(cfg: RunConfig) -> Setup:
         cfg.data.skip_bad_records,
         cfg.data.max_records,
         split_turns=cfg.data.split_turns,
+        image_cache_mib=cfg.data.image_cache_mib,
     )
     trainer = DistillTrainer(
         model=model,
