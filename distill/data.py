@@ -236,11 +236,9 @@ class LlavaDataset(Dataset):
         if missing:
             image = self._load_image(image_name, index)
             for name in missing:
-                tensor = self.views[name].image_processor(images=image, return_tensors="pt")["pixel_values"][
-                    0
-                ]
-                self.pixel_cache.put((name, image_name), tensor)
-                pixels[name] = tensor
+                processed = self.views[name].image_processor(images=image, return_tensors="pt")
+                pixels[name] = processed["pixel_values"][0]
+                self.pixel_cache.put((name, image_name), pixels[name])
         return pixels
 
     def _view_tensors(

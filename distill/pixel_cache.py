@@ -26,12 +26,11 @@ class PixelCache:
         self.budget = int(budget_mib * 2**20)
         self.held = 0
         self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = 0
 
     def get(self, key: Hashable) -> torch.Tensor | None:
         tensor = self.entries.get(key)
         if tensor is None:
-            self.misses += 1
             return None
         self.entries.move_to_end(key)
         self.hits += 1

@@ -279,9 +279,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         overhead = "n/a" if api is None else f"{api / r['ttft_ms']:.2f}x (+{api - r['ttft_ms']:.1f})"
         lines.append(
             f"| {r['model']} | {label(r)} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
-            f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {milliseconds(api)} | {overhead} | "
+            f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {or_na(api)} | {overhead} | "
             f"{r['weights_mib']:.1f} | "
-            f"{r['peak_memory_mib']:.0f} | {mebibytes(r.get('peak_tensor_mib'))} | "
+            f"{r['peak_memory_mib']:.0f} | {or_na(r.get('peak_tensor_mib'))} | "
             f"{r['ttft_ms'] / base['ttft_ms']:.2f}x | "
             f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x | "
             f"{ratio(r.get('peak_tensor_mib'), base.get('peak_tensor_mib'))} |"
@@ -384,18 +384,14 @@ def load_report(r: dict[str, Any]) -> str:
     return (
         f"{r['url']}: {r['requests']} streaming requests at concurrency {r['concurrency']}: {r['errors']} errors "
         f"(statuses {r['statuses']}), {r['throughput_rps']:.2f} requests/s, latency p50 "
-        f"{milliseconds(r['latency_p50_ms'], 0, ' ms')}, p95 {milliseconds(r['latency_p95_ms'], 0, ' ms')}, "
-        f"p99 {milliseconds(r['latency_p99_ms'], 0, ' ms')}{growth}"
+        f"{or_na(r['latency_p50_ms'], 0, ' ms')}, p95 {or_na(r['latency_p95_ms'], 0, ' ms')}, "
+        f"p99 {or_na(r['latency_p99_ms'], 0, ' ms')}{growth}"
     )
 
 
-def milliseconds(value: float | None, digits: int = 1, unit: str = "") -> str:
-    """A figure that may be missing (no request succeeded): "n/a" then."""
+def or_na(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """A figure that may be missing (no request succeeded, no tensor peak off PyTorch): "n/a" then."""
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
-def mebibytes(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
 
 
 def ratio(value: float | None, base: float | None) -> str:
