@@ -4,11 +4,16 @@ alone, chunked vs naive, at a real vocabulary size.
     python -m distill bench                                    # both parts, default sizes
     python -m distill bench --part loss --positions 4096 --vocab 151936
     python -m distill bench --part steps --methods kd,iva,tpa-kv,tpa-ribbon,align-ti
+    python -m distill bench --part steps --methods kd,tpa-kv,align-ti \
+        --teacher runs/tiny/teacher/final --student runs/tiny/student-kd/final   # after the quickstart
 
-Part "steps": the tiny teacher/student pair of configs/tiny-*.yaml (random weights: the timing does
-not depend on them) trains for --steps steps through the real training loop, once with SFT and once
-with vanilla KD; each mode runs in its own process so its peak memory is its own. Reported: median
-step time and peak RSS (CUDA peak on a GPU), and KD relative to SFT.
+Part "steps": the tiny teacher/student pair of configs/tiny-*.yaml (random weights unless --teacher
+and --student name checkpoints) trains for --steps steps through the real training loop, once per
+method (default: SFT and vanilla KD); each runs in its own process so its peak memory is its own.
+Reported: median step time and peak RSS (CUDA peak on a GPU), each relative to KD. The weights
+matter for TPA alone: a candidate equal to the response token it replaces needs no extra pass, and a
+trained student proposes that token far more often than a random one; the table gives the share of
+candidates that were continued.
 
 Part "loss": the KD loss (forward KL) alone, forward and backward, on random hidden states of
 --positions positions and LM heads of --vocab rows (student width --student-hidden, teacher width
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +43,7 @@ from typing import Any
 
 import psutil
 import torch
+from tqdm.auto import tqdm
 
 from distill.bench_methods import METHODS
 from distill.bench_scale import add_arguments as add_scale_arguments
@@ -118,11 +125,15 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "train.report_to=none",
         "train.save_steps=100000",
         f"data.train_json={spec['data']}",
-        f"model.vision_init={spec['teacher']}",  # the student shares the teacher's vision tower
     ]
+    if spec.get("student"):  # a trained student: TPA's candidates then often hold the response token
+        overrides += [f"model.path={spec['student']}", "model.arch=null", "model.tokenizer=null"]
+        overrides += ["model.vision_init=null"]
+    else:  # a fresh one sharing the teacher's vision tower
+        overrides += [f"model.vision_init={spec['teacher']}", f"model.tokenizer={spec['tokenizer']}"]
     teacher = ["teacher.path=null"] if spec["mode"] == "sft" else [f"teacher.path={spec['teacher']}"]
     overrides += teacher + METHODS[spec["mode"]]
-    cfg = load_config(RunConfig, spec["config"], [*overrides, f"model.tokenizer={spec['tokenizer']}"])
+    cfg = load_config(RunConfig, spec["config"], overrides)
     s = setup(cfg)
     timer = StepTimer(warmup=spec["warmup"])
     s.trainer.add_callback(timer)
@@ -134,6 +145,7 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": peak_rss_mib(),
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "cuda_peak_mib": device_peak_mib(),
+        "tpa_candidates": dict(s.trainer.tpa_candidate_counts),
     }
 
 
@@ -199,7 +211,7 @@ def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
         if not data.is_file():
             synthesize(work / "shapes", n_train=256, n_val=8, n_test=8, per_family=2)
             data = work / "shapes" / "train.json"
-        teacher, tokenizer = tiny_pair(work, data)
+        teacher, tokenizer = (args.teacher, args.teacher) if args.teacher else tiny_pair(work, data)
         spec = {
             "config": str(ROOT / "configs" / "tiny-student-kd.yaml"),
             "data": str(data),
@@ -207,18 +219,54 @@ def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
             "tokenizer": tokenizer,
             "steps": args.steps,
             "warmup": 2,
+            "student": args.student,
         }
-        results = {
-            mode: in_subprocess("step", {**spec, "mode": mode, "output_dir": str(work / mode)})
-            for mode in args.methods
+        rounds = [
+            {
+                mode: in_subprocess("step", {**spec, "mode": mode, "output_dir": str(work / f"{mode}-{r}")})
+                for mode in tqdm(args.methods, desc=f"round {r + 1} of {args.repeats}", leave=False)
+            }
+            for r in range(args.repeats)
+        ]
+    return combine_rounds(rounds, args)
+
+
+def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Each method's figures over the rounds: medians of the step times and peaks, and its ratios to KD
+    as the median of the ratios within a round (the runs of a round are minutes apart, so a machine
+    that speeds up or slows down between rounds shifts both sides of a ratio alike)."""
+
+    def median_of(mode: str, key: str) -> float:
+        return statistics.median(r[mode][key] for r in rounds)
+
+    results: dict[str, Any] = {}
+    for mode in args.methods:
+        results[mode] = {
+            "median_step_s": median_of(mode, "median_step_s"),
+            "peak_rss_mib": median_of(mode, "peak_rss_mib"),
+            "rss_growth_mib": median_of(mode, "rss_growth_mib"),
+            "cuda_peak_mib": rounds[0][mode]["cuda_peak_mib"] and median_of(mode, "cuda_peak_mib"),
+            "tpa_candidates": {
+                key: sum(r[mode]["tpa_candidates"][key] for r in rounds) for key in ("continued", "all")
+            },
+            "rounds": [r[mode] for r in rounds],
         }
-    if "kd" in results:
-        for figures in results.values():
-            figures["time_over_kd"] = figures["median_step_s"] / results["kd"]["median_step_s"]
-            figures["peak_rss_over_kd"] = figures["peak_rss_mib"] / results["kd"]["peak_rss_mib"]
-    if {"kd", "sft"} <= results.keys():
-        results["kd_over_sft_time"] = results["kd"]["median_step_s"] / results["sft"]["median_step_s"]
-        results["kd_over_sft_peak_rss"] = results["kd"]["peak_rss_mib"] / results["sft"]["peak_rss_mib"]
+    results["weights"] = {
+        "teacher": args.teacher or "random weights, shapes of configs/tiny-teacher.yaml",
+        "student": args.student or "fresh, shapes of configs/tiny-student-kd.yaml",
+    }
+    results["repeats"] = args.repeats
+
+    def ratio(mode: str, base: str, key: str) -> float:
+        return statistics.median(r[mode][key] / r[base][key] for r in rounds)
+
+    if "kd" in args.methods:
+        for mode in args.methods:
+            results[mode]["time_over_kd"] = ratio(mode, "kd", "median_step_s")
+            results[mode]["peak_rss_over_kd"] = ratio(mode, "kd", "peak_rss_mib")
+    if {"kd", "sft"} <= set(args.methods):
+        results["kd_over_sft_time"] = ratio("kd", "sft", "median_step_s")
+        results["kd_over_sft_peak_rss"] = ratio("kd", "sft", "peak_rss_mib")
     return results
 
 
@@ -227,9 +275,14 @@ def report(results: dict[str, Any]) -> str:
     if "steps" in results:
         r = results["steps"]
         lines += [
-            "Training step, tiny student (batch of the tiny-student-kd config), median over steps:",
-            "| method | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) | time / KD | peak RSS / KD |",
-            "|---|---|---|---|---|---|",
+            f"Training step, tiny student (batch of the tiny-student-kd config), median over steps; {r['repeats']} "
+            "rounds, one process per method and round, ratios the median of each round's ratio;",
+            f"teacher: {r['weights']['teacher']}; student: {r['weights']['student']}.",
+            "TPA kv continues only the candidates that differ from the response token they replace "
+            "(distill/continuation.py):",
+            "| method | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) | time / KD | peak RSS / KD "
+            "| TPA candidates continued |",
+            "|---|---|---|---|---|---|---|",
         ]
         for mode in METHODS:
             if mode not in r:
@@ -238,8 +291,15 @@ def report(results: dict[str, Any]) -> str:
             ratios = (
                 f"{m['time_over_kd']:.2f}x | {m['peak_rss_over_kd']:.2f}x" if "time_over_kd" in m else "- | -"
             )
+            counts = m.get("tpa_candidates", {})
+            continued = (
+                f"{100 * counts['continued'] / counts['all']:.0f}% of {counts['all']:,}"
+                if counts.get("all")
+                else "-"
+            )
             lines.append(
-                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} | {ratios} |"
+                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} "
+                f"| {ratios} | {continued} |"
             )
         if "kd_over_sft_time" in r:
             lines.append(
@@ -272,9 +332,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what to measure (all: steps and loss; scale: real-size KD under DeepSpeed, see below)",
     )
     parser.add_argument(
-        "--steps", type=int, default=10, help="timed training steps per mode (after 2 warm-up steps)"
+        "--steps", type=int, default=20, help="timed training steps per method (after 2 warm-up steps)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of the step timing, all methods once per round (a shared machine's speed drifts by "
+        "10-20%% over minutes; ratios within a round cancel most of it)",
     )
     parser.add_argument("--data", default="data/shapes/train.json", help="training data for the step timing")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher checkpoint for the step timing (default: random weights of the tiny teacher's shapes)",
+    )
+    parser.add_argument(
+        "--student",
+        default=None,
+        help="student checkpoint to start the step timing from (default: a fresh tiny student). TPA's cost "
+        "depends on it: a trained student often proposes the response token itself, which needs no pass",
+    )
     parser.add_argument(
         "--methods",
         type=lambda text: [m.strip() for m in text.split(",") if m.strip()],

@@ -5,7 +5,7 @@
     iva     Align-TI's IVA: KL at the visual positions, weighted by the teacher's (or student's)
             instruction-to-vision attention at one layer (distill/attention_capture.py)
     tpa     Align-TI's TPA: KL after d candidates the student proposes at each response position,
-            by kv-continuation or one ribbon pass per model (distill/tpa.py)
+            by kv-continuation (distill/continuation.py) or one ribbon pass per model (distill/tpa.py)
     hidden  LLaVADI's token alignment: MSE of hidden states through a learned map (distill/hidden_alignment.py)
     vsd     EM-KD: reverse KL between Hungarian-matched visual tokens (distill/emkd.py)
     vlad    EM-KD: smooth-L1 between text-to-vision affinity matrices after matching
@@ -29,14 +29,13 @@ from typing import Any
 import torch
 
 from distill.attention_capture import capture_instruction_attention
+from distill.continuation import states_after_candidates, to_continue
 from distill.emkd import affinity_loss, match_visual_tokens
 from distill.fused_losses import fused_cross_entropy_sum, fused_divergence_sum
 from distill.hidden_alignment import PROJECTION_ATTRIBUTE, hidden_mse, layer_pairs
 from distill.losses import attention_weights, chunked_cross_entropy, chunked_divergence, normalized_sum
 from distill.tpa import (
     candidate_states,
-    continuation_mask,
-    continue_from_cache,
     draw_candidates,
     response_layout,
     ribbon_attention,
@@ -65,6 +64,9 @@ class ObjectiveMixin:
     loss_config: Any
     vocab_size: int
     teacher: Any
+    tpa_candidate_counts: dict[
+        str, int
+    ]  # TPA kv: candidates continued / all (the rest read from the first pass)
     accelerator: Any
     args: Any
 
@@ -198,7 +200,9 @@ class ObjectiveMixin:
             alpha = teacher.alpha if cfg.iva_weights == "teacher" else student_alpha
             terms["iva"] = self._iva_term(model, inputs, final_states, teacher, alpha)
         if cfg.w_tpa > 0:
-            total = self._tpa_divergence_sum(model, inputs, candidates, outputs.past_key_values, teacher)
+            total = self._tpa_divergence_sum(
+                model, inputs, candidates, outputs.past_key_values, final_states, teacher
+            )
             terms["tpa"] = normalized_sum(total.reshape(1), n_items) / cfg.tpa_candidates
         if cfg.w_hidden > 0:
             terms["hidden"] = self._hidden_term(model, inputs, outputs.hidden_states, teacher)
@@ -267,44 +271,54 @@ class ObjectiveMixin:
         inputs: dict[str, torch.Tensor],
         candidates: torch.Tensor,
         student_cache: Any,
+        student_states: torch.Tensor,
         teacher_pass: TeacherPass,
     ) -> torch.Tensor:
         """KL(P_T || P_S) after each candidate, summed over the N * d candidates: by kv-continuation of both
-        models' first-pass caches, or (tpa_impl=ribbon) from one ribbon pass of each model (distill/tpa.py)."""
+        models' first-pass caches (distill/continuation.py), or (tpa_impl=ribbon) from one ribbon pass of
+        each model (distill/tpa.py)."""
         cfg = self.loss_config
         student = self._unwrapped(model)
         teacher = self._unwrapped(self.teacher)
         d = cfg.tpa_candidates
         layout = response_layout(inputs["labels"])
-        slots = slot_candidates(candidates, layout)
         if cfg.tpa_impl == "ribbon":
-            ids, positions, mask = ribbon_inputs(inputs["input_ids"], inputs["attention_mask"], slots, layout)
+            ids, positions, mask = ribbon_inputs(
+                inputs["input_ids"], inputs["attention_mask"], slot_candidates(candidates, layout), layout
+            )
             states = student.model(
                 input_ids=ids,
                 attention_mask=ribbon_attention(student, mask),
                 position_ids=positions,
                 pixel_values=inputs.get("pixel_values"),
             ).last_hidden_state[:, inputs["input_ids"].shape[1] :]
+            student_hidden = candidate_states(states, layout, d)
             teacher_hidden = teacher_pass.tpa  # the candidates' states from its ribbon pass
         else:
-            mask = continuation_mask(layout, inputs["attention_mask"], d)
-            embed = student.get_input_embeddings()
-            states = continue_from_cache(
-                student.model.language_model, embed, student_cache, slots, layout, mask
+            continued = to_continue(candidates, inputs["input_ids"], layout)
+            self.tpa_candidate_counts["continued"] += int(continued.sum())
+            self.tpa_candidate_counts["all"] += continued.numel()
+            student_hidden = states_after_candidates(
+                student.model.language_model,
+                student.get_input_embeddings(),
+                student_cache,
+                student_states,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                layout,
+                candidates,
             )
-            t_layout = response_layout(teacher_pass.labels)
-            t_mask = continuation_mask(t_layout, teacher_pass.attention, d)
             with torch.no_grad():
-                t_states = continue_from_cache(
+                teacher_hidden = states_after_candidates(
                     teacher.model.language_model,
                     teacher.get_input_embeddings(),
                     teacher_pass.tpa,
-                    slot_candidates(candidates, t_layout),
-                    t_layout,
-                    t_mask,
+                    teacher_pass.states,
+                    teacher_pass.ids,
+                    teacher_pass.attention,
+                    response_layout(teacher_pass.labels),
+                    candidates,
                 )
-            teacher_hidden = candidate_states(t_states, t_layout, d)
-        student_hidden = candidate_states(states, layout, d)
         return self._divergence_sum(
             student_hidden, teacher_hidden, student.lm_head, teacher.lm_head, "forward_kl"
         )

@@ -4,14 +4,12 @@ teacher's and the student's next-token distributions after each candidate.
 
     candidates = draw_candidates(student_logits_at_response, d=4, mode="nucleus", top_p=0.9)
     layout = response_layout(labels)                       # where each response token sits
-    mask = continuation_mask(layout, attention_mask, d)    # who may see whom in the second pass
-    hidden = continue_from_cache(language_model, embed, cache, candidates, layout, mask)
+    ids, positions, mask = ribbon_inputs(input_ids, attention_mask, slot_candidates(candidates, layout), layout)
 
-kv-continuation (this module): each model runs once over (x, y) keeping its KV cache (with grad for
-the student), then once over all L*d candidates against that cache. Candidate j of position k has
-the position id of the response token y_k it replaces and may attend to the cache columns before
-y_k and to itself, nothing else: the logits equal a separate forward over (x, y_<k, c) for every
-(k, j) (tests/test_tpa.py), without a second pass over the prefix.
+Two ways to get the states after each candidate: kv-continuation (distill/continuation.py, the
+default), where each model runs once over (x, y) keeping its KV cache and once over the candidates
+against it; and the paper's single-pass ribbon (here), where the candidates ride along in one pass
+with a mask. Both equal a separate forward over (x, y_<k, c) for every (k, c) (tests/test_tpa.py).
 """
 
 from __future__ import annotations
@@ -87,27 +85,6 @@ def continuation_mask(layout: ResponseLayout, attention_mask: torch.Tensor, d: i
     past = (columns[None, None, :] < position[:, :, None]) & attention_mask.bool()[:, None, :]
     itself = torch.eye(slots, dtype=torch.bool, device=attention_mask.device).expand(batch, -1, -1)
     return torch.cat([past, itself], dim=-1)[:, None]
-
-
-def continue_from_cache(
-    language_model: Any,
-    embed: torch.nn.Module,
-    cache: Any,
-    candidates: torch.Tensor,
-    layout: ResponseLayout,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """Final hidden states [B, M*d, H] of the candidates [B, M*d], continuing the first pass's cache."""
-    d = candidates.shape[1] // layout.slots
-    position_ids = layout.positions.repeat_interleave(d, dim=1)
-    outputs = language_model(
-        inputs_embeds=embed(candidates),
-        attention_mask=mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=False,
-    )
-    return outputs.last_hidden_state
 
 
 def slot_candidates(candidates: torch.Tensor, layout: ResponseLayout) -> torch.Tensor:

@@ -93,6 +93,7 @@ class DistillTrainer(ObjectiveMixin, Trainer):
         self.run_config = run_config
         self._term_sums: dict[str, Any] = defaultdict(float)
         self._term_steps = 0
+        self.tpa_candidate_counts = {"continued": 0, "all": 0}
         self.teacher = None
         if teacher is not None and loss_config.needs_teacher:
             teacher.eval().requires_grad_(False)

@@ -11,27 +11,53 @@ from distill.__main__ import main
 @pytest.mark.slow
 def test_bench_reports_both_parts(tmp_path, shapes, capsys):
     out = tmp_path / "bench.json"
-    args = ["bench", "--steps", "2", "--data", str(shapes / "train.json"), "--positions", "96"]
+    args = [
+        "bench",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--data",
+        str(shapes / "train.json"),
+        "--positions",
+        "96",
+    ]
     args += ["--vocab", "2000", "--student-hidden", "32", "--teacher-hidden", "48", "--chunk-size", "16"]
     assert main([*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "KD / SFT: step time" in printed and "chunked / naive: memory" in printed
     results = json.loads(out.read_text())
-    assert {results["steps"]["sft"]["mode"], results["steps"]["kd"]["mode"]} == {"sft", "kd"}
+    for mode in ("sft", "kd"):  # two rounds, each with a process per method
+        assert [r["mode"] for r in results["steps"][mode]["rounds"]] == [mode, mode]
     loss = results["loss"]
     assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
     assert not out.with_name(out.name + ".partial").exists()
 
 
 @pytest.mark.slow
-def test_bench_times_each_method_against_kd(tmp_path, shapes, capsys):
+def test_bench_times_each_method_against_kd(tmp_path, shapes, teacher_dir, capsys):
     out = tmp_path / "methods.json"
-    args = ["bench", "--part", "steps", "--steps", "1", "--data", str(shapes / "train.json")]
+    args = [
+        "bench",
+        "--part",
+        "steps",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--data",
+        str(shapes / "train.json"),
+    ]
     assert main([*args, "--methods", "kd,iva,tpa-kv,tpa-ribbon,align-ti", "--out", str(out)]) == 0
     steps = json.loads(out.read_text())["steps"]
     printed = capsys.readouterr().out
     assert steps["kd"]["time_over_kd"] == 1.0
     for method in ("iva", "tpa-kv", "tpa-ribbon", "align-ti"):
         assert steps[method]["time_over_kd"] > 0 and f"| {method} |" in printed
+    counts = steps["tpa-kv"]["tpa_candidates"]
+    assert 0 < counts["continued"] <= counts["all"] and steps["kd"]["tpa_candidates"]["all"] == 0
+    trained = [*args, "--teacher", str(teacher_dir), "--student", str(teacher_dir), "--out", str(out)]
+    assert main([*trained, "--methods", "kd,tpa-kv"]) == 0  # checkpoints instead of random weights
+    assert f"teacher: {teacher_dir}; student: {teacher_dir}" in capsys.readouterr().out
     assert main([*args, "--methods", "kd,dpo", "--out", str(out)]) == 2  # unknown method: a clear error
     assert "unknown dpo" in capsys.readouterr().err

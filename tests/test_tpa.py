@@ -6,11 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.continuation import (
+    candidate_rows,
+    continue_from_cache,
+    flat_candidates,
+    row_width,
+    states_after_candidates,
+)
 from distill.data import LlavaDataset, ModelView, PaddingCollator
 from distill.modeling import image_token_count
 from distill.tpa import (
     continuation_mask,
-    continue_from_cache,
     draw_candidates,
     response_layout,
     slot_candidates,
@@ -29,26 +35,41 @@ def short_batch(model, processor, shapes, lengths=(40, 31)):
     return PaddingCollator(processor.tokenizer.pad_token_id)(items)
 
 
-def kv_continuation_logits(model, batch, candidates_per_token, d):
+def kv_continuation_logits(model, batch, candidates_per_token, d, width=None):
+    """The trainer's path (states_after_candidates), or with `width` every candidate continued
+    through rows of that width."""
     layout = response_layout(batch["labels"])
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
         use_cache=True,
+        output_hidden_states=True,
     )
-    candidates = slot_candidates(candidates_per_token, layout)
-    mask = continuation_mask(layout, batch["attention_mask"], d)
-    hidden = continue_from_cache(
-        model.model.language_model,
-        model.get_input_embeddings(),
-        out.past_key_values,
-        candidates,
-        layout,
-        mask,
-    )
-    logits = model.lm_head(hidden).view(*layout.valid.shape, d, -1)
-    return logits[layout.valid]  # [N, d, V]
+    language_model, embed = model.model.language_model, model.get_input_embeddings()
+    if width is None:
+        hidden = states_after_candidates(
+            language_model,
+            embed,
+            out.past_key_values,
+            out.hidden_states[-1],
+            batch["input_ids"],
+            batch["attention_mask"],
+            layout,
+            candidates_per_token,
+        )
+    else:
+        sample, positions = flat_candidates(layout, d)
+        rows = candidate_rows(sample, positions, batch["input_ids"].shape[1], width)
+        hidden = continue_from_cache(
+            language_model,
+            embed,
+            out.past_key_values,
+            candidates_per_token.flatten(),
+            rows,
+            batch["attention_mask"],
+        )
+    return model.lm_head(hidden).unflatten(0, (-1, d))  # [N, d, V]
 
 
 def naive_logits(model, batch, candidates_per_token, d):
@@ -73,6 +94,10 @@ def test_kv_continuation_and_ribbon_equal_separate_forwards(tokenizer, shapes, t
     layout = response_layout(batch["labels"])
     d, n = 3, int(layout.valid.sum())
     candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(0))
+    reference = batch["input_ids"][
+        torch.arange(2)[:, None].expand_as(layout.valid)[layout.valid], layout.positions[layout.valid]
+    ]
+    candidates[::2, 1] = reference[::2]  # the token itself: read from the first pass, not continued
     target = torch.log_softmax(torch.randn(n, d, model.config.text_config.vocab_size), -1)
 
     def loss_and_grads(logits_fn):
@@ -83,7 +108,12 @@ def test_kv_continuation_and_ribbon_equal_separate_forwards(tokenizer, shapes, t
         return logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
     slow, slow_grads = loss_and_grads(naive_logits)
-    for implementation in (kv_continuation_logits, lambda *a: ribbon_logits(*a)[0]):
+    implementations = (
+        kv_continuation_logits,  # the trainer's path
+        lambda *a: kv_continuation_logits(*a, width=5),  # all continued, several rows per sample
+        lambda *a: ribbon_logits(*a)[0],
+    )
+    for implementation in implementations:
         fast, fast_grads = loss_and_grads(implementation)
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
         assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 0
@@ -104,6 +134,22 @@ def test_layout_skips_prompt_and_padding():
     assert mask[0, 0, 3, 5:].tolist() == [False, False, False, True]  # and only itself among candidates
 
 
+def test_candidate_rows_hold_each_sample_in_rows_of_its_own_in_flat_order():
+    labels = torch.full((2, 12), -100)
+    labels[0, 3] = 1  # one response token at t=3
+    labels[1, 4:11] = 1  # seven, at t=4..10
+    sample, positions = flat_candidates(response_layout(labels), d=2)
+    assert sample.tolist() == [0] * 2 + [1] * 14
+    rows = candidate_rows(sample, positions, key_length=12, width=4)
+    assert rows.sample.tolist() == [0, 1, 1, 1, 1]  # 2 candidates, then 14 in ceil(14 / 4) rows
+    assert rows.valid.sum().item() == 16 and rows.valid[0].tolist() == [True, True, False, False]
+    assert rows.positions[rows.valid].tolist() == [3, 3] + [t for t in range(4, 11) for _ in range(2)]
+    assert rows.valid[-1].tolist() == [True, True, False, False]
+    # neither the longest sample's count (most slots padding) nor 1 (a cache copy per candidate)
+    assert row_width(torch.tensor([4, 4, 40]), key_length=100) == 10
+    assert row_width(torch.tensor([8, 8, 8]), key_length=100) == 8
+
+
 def test_candidates_are_distinct_and_greedy_takes_the_top():
     logits = torch.tensor([[5.0, 4.0, 3.0, -9.0, -9.0], [0.0, 0.0, 0.0, 0.0, 9.0]])
     greedy = draw_candidates(logits, 2, "greedy")
@@ -113,33 +159,43 @@ def test_candidates_are_distinct_and_greedy_takes_the_top():
     assert set(picked[1].tolist()) >= {4}  # a nucleus of one token is filled from the top
 
 
-def naive_tpa(student, teacher, batch, d):
-    """mean over response tokens and greedy candidates of KL(P_T || P_S) after (x, y_<t, c), one forward each."""
+def greedy_candidates(student, batch, d):
+    """The top-d next tokens [N, d] at each response token, as the trainer draws them with greedy sampling."""
     layout = response_layout(batch["labels"])
     with torch.no_grad():
-        full = student(
+        logits = student(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
         ).logits
-    total, count = 0.0, 0
+    sample = torch.arange(len(layout.valid))[:, None].expand_as(layout.valid)[layout.valid]
+    before = logits[sample, layout.positions[layout.valid] - 1]
+    before[:, student.config.image_token_id] = float("-inf")  # never proposed
+    return before.topk(d).indices
+
+
+def naive_tpa(student, teacher, batch, candidates):
+    """mean over response tokens and candidates [N, d] of KL(P_T || P_S) after (x, y_<t, c), one forward each."""
+    layout = response_layout(batch["labels"])
+    total, row = 0.0, 0
     for b in range(batch["input_ids"].shape[0]):
         for t in layout.positions[b][layout.valid[b]].tolist():
-            logits = full[b, t - 1].clone()
-            logits[student.config.image_token_id] = float("-inf")  # never proposed
-            for c in logits.topk(d).indices.tolist():
+            for c in candidates[row].tolist():
                 ids = torch.cat([batch["input_ids"][b, :t], torch.tensor([c])])[None]
                 pixels = batch["pixel_values"][b : b + 1]
                 s_log = torch.log_softmax(student(input_ids=ids, pixel_values=pixels).logits[0, -1], -1)
                 with torch.no_grad():
                     t_log = torch.log_softmax(teacher(input_ids=ids, pixel_values=pixels).logits[0, -1], -1)
                 total = total + F.kl_div(s_log, t_log, reduction="sum", log_target=True)
-            count += 1
-    return total / (count * d)
+            row += 1
+    return total / candidates.numel()
 
 
 @pytest.mark.parametrize("implementation", ["kv", "ribbon"])
-def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, teacher_dir, implementation):
+@pytest.mark.parametrize("with_reference", [False, True], ids=["drawn", "with-the-reference-token"])
+def test_tpa_term_in_the_trainer_equals_the_naive_reference(
+    tmp_path, shapes, teacher_dir, implementation, with_reference
+):
     from distill.train import setup
     from tests.test_trainer import config
 
@@ -162,8 +218,16 @@ def test_tpa_term_in_the_trainer_equals_the_naive_reference(tmp_path, shapes, te
     batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(2)])
     student = s.trainer.model.eval()
     teacher = s.trainer.accelerator.unwrap_model(s.trainer.teacher)
+    candidates = greedy_candidates(student, batch, d=2)
+    if with_reference:  # a trained student often proposes the token itself: kv reads it from the first pass
+        layout = response_layout(batch["labels"])
+        sample = torch.arange(2)[:, None].expand_as(layout.valid)[layout.valid]
+        candidates[::2, 1] = batch["input_ids"][sample, layout.positions[layout.valid]][::2]
+        s.trainer._draw_candidates = lambda model, hidden: candidates
     terms = s.trainer.loss_terms(student, batch)
-    torch.testing.assert_close(terms["tpa"], naive_tpa(student, teacher, batch, d=2), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        terms["tpa"], naive_tpa(student, teacher, batch, candidates), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("implementation", ["kv", "ribbon"])
