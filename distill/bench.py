@@ -146,6 +146,7 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "cuda_peak_mib": device_peak_mib(),
         "tpa_candidates": dict(s.trainer.tpa_candidate_counts),
+        "input_tokens": s.trainer.state.num_input_tokens_seen,  # over the same steps as the candidates
     }
 
 
@@ -249,6 +250,7 @@ def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> di
             "tpa_candidates": {
                 key: sum(r[mode]["tpa_candidates"][key] for r in rounds) for key in ("continued", "all")
             },
+            "input_tokens": sum(r[mode]["input_tokens"] for r in rounds),
             "rounds": [r[mode] for r in rounds],
         }
     results["weights"] = {
@@ -263,11 +265,19 @@ def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> di
     if "kd" in args.methods:
         for mode in args.methods:
             results[mode]["time_over_kd"] = ratio(mode, "kd", "median_step_s")
+            results[mode]["time_over_kd_rounds"] = [
+                r[mode]["median_step_s"] / r["kd"]["median_step_s"] for r in rounds
+            ]
             results[mode]["peak_rss_over_kd"] = ratio(mode, "kd", "peak_rss_mib")
     if {"kd", "sft"} <= set(args.methods):
         results["kd_over_sft_time"] = ratio("kd", "sft", "median_step_s")
         results["kd_over_sft_peak_rss"] = ratio("kd", "sft", "peak_rss_mib")
     return results
+
+
+def spread(values: list[float]) -> str:
+    """ " (lowest-highest)" of a ratio's rounds, or nothing for one round (or KD's own 1.00)."""
+    return f" ({min(values):.2f}-{max(values):.2f})" if max(values) > min(values) else ""
 
 
 def report(results: dict[str, Any]) -> str:
@@ -276,31 +286,39 @@ def report(results: dict[str, Any]) -> str:
         r = results["steps"]
         lines += [
             f"Training step, tiny student (batch of the tiny-student-kd config), median over steps; {r['repeats']} "
-            "rounds, one process per method and round, ratios the median of each round's ratio;",
+            "rounds, one process per method and round; a ratio is the median of the rounds' ratios (their range "
+            "in brackets);",
             f"teacher: {r['weights']['teacher']}; student: {r['weights']['student']}.",
-            "TPA kv continues only the candidates that differ from the response token they replace "
-            "(distill/continuation.py):",
-            "| method | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) | time / KD | peak RSS / KD "
-            "| TPA candidates continued |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for mode in METHODS:
-            if mode not in r:
-                continue
+        modes = [mode for mode in METHODS if mode in r]
+        tpa = any(r[mode].get("tpa_candidates", {}).get("all") for mode in modes)
+        if tpa:
+            lines.append(
+                "TPA kv continues only the candidates that differ from the response token they replace "
+                "(distill/continuation.py)."
+            )
+        lines += [
+            "| method | step time (ms) | peak RSS (MiB) | RSS growth in training (MiB) | time / KD | peak RSS / KD |"
+            + (" TPA candidates continued |" if tpa else ""),
+            "|---|---|---|---|---|---|" + ("---|" if tpa else ""),
+        ]
+        for mode in modes:
             m = r[mode]
             ratios = (
-                f"{m['time_over_kd']:.2f}x | {m['peak_rss_over_kd']:.2f}x" if "time_over_kd" in m else "- | -"
+                f"{m['time_over_kd']:.2f}x{spread(m['time_over_kd_rounds'])} | {m['peak_rss_over_kd']:.2f}x"
+                if "time_over_kd" in m
+                else "- | -"
             )
-            counts = m.get("tpa_candidates", {})
-            continued = (
-                f"{100 * counts['continued'] / counts['all']:.0f}% of {counts['all']:,}"
-                if counts.get("all")
-                else "-"
-            )
-            lines.append(
-                f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} "
-                f"| {ratios} | {continued} |"
-            )
+            row = f"| {mode} | {1000 * m['median_step_s']:.1f} | {m['peak_rss_mib']:.0f} | {m['rss_growth_mib']:.0f} | {ratios} |"
+            if tpa:
+                counts = m.get("tpa_candidates", {})
+                row += (
+                    f" {100 * counts['continued'] / counts['all']:.0f}% of {counts['all']:,}, "
+                    f"{counts['continued'] / m['input_tokens']:.2f} per input token |"
+                    if counts.get("all")
+                    else " - |"
+                )
+            lines.append(row)
         if "kd_over_sft_time" in r:
             lines.append(
                 f"KD / SFT: step time {r['kd_over_sft_time']:.2f}x, peak RSS {r['kd_over_sft_peak_rss']:.2f}x"

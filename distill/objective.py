@@ -116,7 +116,7 @@ class ObjectiveMixin:
                 output_hidden_states=all_states,
             )
         hidden = outputs.last_hidden_state
-        tpa = outputs.past_key_values if use_cache else None
+        tpa = outputs.cache if use_cache else None
         if ribbon_candidates is not None:
             tpa = candidate_states(hidden[:, length:], layout, ribbon_candidates.shape[1])
         return TeacherPass(
@@ -200,9 +200,7 @@ class ObjectiveMixin:
             alpha = teacher.alpha if cfg.iva_weights == "teacher" else student_alpha
             terms["iva"] = self._iva_term(model, inputs, final_states, teacher, alpha)
         if cfg.w_tpa > 0:
-            total = self._tpa_divergence_sum(
-                model, inputs, candidates, outputs.past_key_values, final_states, teacher
-            )
+            total = self._tpa_divergence_sum(model, inputs, candidates, outputs.cache, final_states, teacher)
             terms["tpa"] = normalized_sum(total.reshape(1), n_items) / cfg.tpa_candidates
         if cfg.w_hidden > 0:
             terms["hidden"] = self._hidden_term(model, inputs, outputs.hidden_states, teacher)

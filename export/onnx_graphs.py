@@ -70,7 +70,7 @@ class Decoder(torch.nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,  # transformers 5 renamed past_key_values
             use_cache=True,
         )
         present = []

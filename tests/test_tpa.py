@@ -51,7 +51,7 @@ def kv_continuation_logits(model, batch, candidates_per_token, d, width=None):
         hidden = states_after_candidates(
             language_model,
             embed,
-            out.past_key_values,
+            out.cache,
             out.hidden_states[-1],
             batch["input_ids"],
             batch["attention_mask"],
@@ -64,7 +64,7 @@ def kv_continuation_logits(model, batch, candidates_per_token, d, width=None):
         hidden = continue_from_cache(
             language_model,
             embed,
-            out.past_key_values,
+            out.cache,
             candidates_per_token.flatten(),
             rows,
             batch["attention_mask"],
