@@ -9,8 +9,11 @@ alone, chunked vs naive, at a real vocabulary size.
 
 Part "steps": the tiny teacher/student pair of configs/tiny-*.yaml (random weights unless --teacher
 and --student name checkpoints) trains for --steps steps through the real training loop, once per
-method (default: SFT and vanilla KD); each runs in its own process so its peak memory is its own.
-Reported: median step time and peak RSS (CUDA peak on a GPU), each relative to KD. The weights
+method (default: SFT and vanilla KD); each runs in its own process so its peak memory is its own,
+and the processes run together, taking their training steps in turn (distill/lockstep.py), so that
+a machine whose speed drifts slows every method alike. --repeats rounds of that. Reported: median
+step time and peak RSS (CUDA peak on a GPU), each relative to KD (the median of the rounds' ratios,
+their range in brackets). The weights
 matter for TPA alone: a candidate equal to the response token it replaces needs no extra pass, and a
 trained student proposes that token far more often than a random one; the table gives the share of
 candidates that were continued.
@@ -115,8 +118,8 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 # -- part "steps" ------------------------------------------------------------------------------------
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from distill.configuration import load_config
+    from distill.lockstep import Lockstep
     from distill.run_config import RunConfig
-    from distill.throughput import StepTimer
     from distill.train import setup
 
     overrides = [
@@ -135,13 +138,13 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     overrides += teacher + METHODS[spec["mode"]]
     cfg = load_config(RunConfig, spec["config"], overrides)
     s = setup(cfg)
-    timer = StepTimer(warmup=spec["warmup"])
-    s.trainer.add_callback(timer)
+    ring = Lockstep(**spec["lockstep"])
+    s.trainer.add_callback(ring)
     rss_before = current_rss_mib()
     s.trainer.train()
     return {
         "mode": spec["mode"],
-        "median_step_s": timer.summary()["median_step_s"],
+        "median_step_s": statistics.median(ring.step_seconds[spec["warmup"] :]),
         "peak_rss_mib": peak_rss_mib(),
         "rss_growth_mib": peak_rss_mib() - rss_before,
         "cuda_peak_mib": device_peak_mib(),
@@ -153,18 +156,43 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
 WORKERS = {"loss": loss_worker, "step": step_worker}
 
 
+def worker_command(kind: str, spec: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "distill.bench", "--worker", kind, json.dumps(spec)]
+
+
 def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter, so its peak memory is its own."""
-    done = subprocess.run(
-        [sys.executable, "-m", "distill.bench", "--worker", kind, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    done = subprocess.run(worker_command(kind, spec), capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def in_lockstep(specs: list[dict[str, Any]], turn_file: Path) -> list[dict[str, Any]]:
+    """Step workers, one process each (each its own peak memory), running together and taking their
+    training steps in turn (distill/lockstep.py), so every method's steps see the machine alike."""
+    write_text_atomic(turn_file, "0")
+    with tempfile.TemporaryDirectory(prefix="distill-lockstep-") as logs:
+        processes = []
+        for index, spec in enumerate(specs):
+            ring = {"turn_file": str(turn_file), "index": index, "members": len(specs)}
+            out, err = (open(Path(logs) / f"{index}.{kind}", "w+") for kind in ("out", "err"))  # noqa: SIM115
+            command = worker_command("step", {**spec, "lockstep": ring})
+            processes.append(
+                (subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT), out, err)
+            )
+        results = []
+        for process, out, err in processes:
+            if process.wait() != 0:
+                for other, *_ in processes:
+                    other.kill()
+                err.seek(0)
+                raise RuntimeError(f"bench worker step failed:\n{err.read()[-3000:]}")
+            out.seek(0)
+            results.append(json.loads(out.read().strip().splitlines()[-1]))
+            out.close()
+            err.close()
+    return results
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -222,20 +250,17 @@ def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": 2,
             "student": args.student,
         }
-        rounds = [
-            {
-                mode: in_subprocess("step", {**spec, "mode": mode, "output_dir": str(work / f"{mode}-{r}")})
-                for mode in tqdm(args.methods, desc=f"round {r + 1} of {args.repeats}", leave=False)
-            }
-            for r in range(args.repeats)
-        ]
+        rounds = []
+        for r in tqdm(range(args.repeats), desc="rounds of the step timing", leave=False):
+            specs = [{**spec, "mode": mode, "output_dir": str(work / f"{mode}-{r}")} for mode in args.methods]
+            rounds.append(dict(zip(args.methods, in_lockstep(specs, work / "turn"), strict=True)))
     return combine_rounds(rounds, args)
 
 
 def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Each method's figures over the rounds: medians of the step times and peaks, and its ratios to KD
-    as the median of the ratios within a round (the runs of a round are minutes apart, so a machine
-    that speeds up or slows down between rounds shifts both sides of a ratio alike)."""
+    as the median of the ratios within a round (the steps of a round interleave, so a machine that
+    speeds up or slows down shifts both sides of a ratio alike)."""
 
     def median_of(mode: str, key: str) -> float:
         return statistics.median(r[mode][key] for r in rounds)
@@ -286,8 +311,8 @@ def report(results: dict[str, Any]) -> str:
         r = results["steps"]
         lines += [
             f"Training step, tiny student (batch of the tiny-student-kd config), median over steps; {r['repeats']} "
-            "rounds, one process per method and round; a ratio is the median of the rounds' ratios (their range "
-            "in brackets);",
+            "round(s), a process per method taking its steps in turn with the others; a ratio is the median of the "
+            "rounds' ratios (their range in brackets);",
             f"teacher: {r['weights']['teacher']}; student: {r['weights']['student']}.",
         ]
         modes = [mode for mode in METHODS if mode in r]
@@ -355,9 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=3,
-        help="rounds of the step timing, all methods once per round (a shared machine's speed drifts by "
-        "10-20%% over minutes; ratios within a round cancel most of it)",
+        default=2,
+        help="rounds of the step timing; in each, one process per method, all running together and taking "
+        "their steps in turn (distill/lockstep.py), so the machine's drift falls on every method alike",
     )
     parser.add_argument("--data", default="data/shapes/train.json", help="training data for the step timing")
     parser.add_argument(
