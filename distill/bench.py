@@ -13,8 +13,7 @@ method (default: SFT and vanilla KD); each runs in its own process so its peak m
 and the processes run together, taking their training steps in turn (distill/lockstep.py), so that
 a machine whose speed drifts slows every method alike. --repeats rounds of that. Reported: median
 step time and peak RSS (CUDA peak on a GPU), each relative to KD (the median of the rounds' ratios,
-their range in brackets). The weights
-matter for TPA alone: a candidate equal to the response token it replaces needs no extra pass, and a
+their range in brackets). The weights matter for TPA alone: a candidate equal to the response token it replaces needs no extra pass, and a
 trained student proposes that token far more often than a random one; the table gives the share of
 candidates that were continued.
 
@@ -168,6 +167,16 @@ def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def first_failure(processes: list[subprocess.Popen]) -> int | None:
+    """Wait until all processes end, or one fails: the index of the first that failed, else None."""
+    while True:
+        codes = [process.poll() for process in processes]
+        failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+        if failed is not None or None not in codes:
+            return failed
+        time.sleep(0.2)
+
+
 def in_lockstep(specs: list[dict[str, Any]], turn_file: Path) -> list[dict[str, Any]]:
     """Step workers, one process each (each its own peak memory), running together and taking their
     training steps in turn (distill/lockstep.py), so every method's steps see the machine alike."""
@@ -181,13 +190,15 @@ def in_lockstep(specs: list[dict[str, Any]], turn_file: Path) -> list[dict[str, 
             processes.append(
                 (subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT), out, err)
             )
+        failed = first_failure([process for process, *_ in processes])
+        if failed is not None:  # the others would wait for its turn: stop them now
+            for process, *_ in processes:
+                process.kill()
+            err = processes[failed][2]
+            err.seek(0)
+            raise RuntimeError(f"bench worker step ({specs[failed]['mode']}) failed:\n{err.read()[-3000:]}")
         results = []
-        for process, out, err in processes:
-            if process.wait() != 0:
-                for other, *_ in processes:
-                    other.kill()
-                err.seek(0)
-                raise RuntimeError(f"bench worker step failed:\n{err.read()[-3000:]}")
+        for _, out, err in processes:
             out.seek(0)
             results.append(json.loads(out.read().strip().splitlines()[-1]))
             out.close()

@@ -1,8 +1,9 @@
 """TPA by kv-continuation (Align-TI, section 3.2): the N*d candidates of a batch continue the KV
 cache of the first pass, laid out densely in rows of one sample each.
 
+    fresh = to_continue(candidates, input_ids, layout)  # [N*d]: not the response token itself
     states = states_after_candidates(language_model, embed, cache, first_pass_states,
-                                     input_ids, attention_mask, layout, candidates)  # [N*d, H]
+                                     input_ids, attention_mask, layout, candidates, fresh)  # [N*d, H]
 
 Candidate j of response token y at position t has the position id of y and may attend to the
 cache columns before t and to itself, nothing else, so its final state equals that of a separate
@@ -154,13 +155,13 @@ def states_after_candidates(
     attention_mask: torch.Tensor,
     layout: ResponseLayout,
     candidates: torch.Tensor,
+    fresh: torch.Tensor,
 ) -> torch.Tensor:
-    """Final hidden states [N*d, H] after each candidate [N, d], in the flat order: those equal to the
-    response token they replace read from the first pass's final states [B, T, H], the others
-    continue its `cache`."""
+    """Final hidden states [N*d, H] after each candidate [N, d], in the flat order: those marked in
+    `fresh` [N*d] (`to_continue`: the same for teacher and student) continue the first pass's
+    `cache`, the others, equal to the response token they replace, read its final states [B, T, H]."""
     sample, positions = flat_candidates(layout, candidates.shape[1])
     tokens = candidates.flatten()
-    fresh = to_continue(candidates, input_ids, layout)
     continued = continue_from_cache(
         language_model,
         embed,

@@ -64,9 +64,8 @@ class ObjectiveMixin:
     loss_config: Any
     vocab_size: int
     teacher: Any
-    tpa_candidate_counts: dict[
-        str, int
-    ]  # TPA kv: candidates continued / all (the rest read from the first pass)
+    # TPA kv: candidates continued / all (the rest read from the first pass)
+    tpa_candidate_counts: dict[str, int]
     accelerator: Any
     args: Any
 
@@ -305,6 +304,7 @@ class ObjectiveMixin:
                 inputs["attention_mask"],
                 layout,
                 candidates,
+                continued,
             )
             with torch.no_grad():
                 teacher_hidden = states_after_candidates(
@@ -316,6 +316,7 @@ class ObjectiveMixin:
                     teacher_pass.attention,
                     response_layout(teacher_pass.labels),
                     candidates,
+                    continued,
                 )
         return self._divergence_sum(
             student_hidden, teacher_hidden, student.lm_head, teacher.lm_head, "forward_kl"

@@ -61,3 +61,22 @@ def test_bench_times_each_method_against_kd(tmp_path, shapes, teacher_dir, capsy
     assert f"teacher: {teacher_dir}; student: {teacher_dir}" in capsys.readouterr().out
     assert main([*args, "--methods", "kd,dpo", "--out", str(out)]) == 2  # unknown method: a clear error
     assert "unknown dpo" in capsys.readouterr().err
+
+
+def test_a_failed_lockstep_worker_is_reported_without_waiting_for_the_others():
+    import subprocess
+    import sys
+    import time
+
+    from distill.bench import first_failure
+
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    start = time.monotonic()
+    try:
+        assert first_failure([waiting, failing]) == 1
+        assert time.monotonic() - start < 30
+    finally:
+        waiting.kill()
+    done = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    assert first_failure(done) is None

@@ -12,6 +12,7 @@ from distill.continuation import (
     flat_candidates,
     row_width,
     states_after_candidates,
+    to_continue,
 )
 from distill.data import LlavaDataset, ModelView, PaddingCollator
 from distill.modeling import image_token_count
@@ -57,6 +58,7 @@ def kv_continuation_logits(model, batch, candidates_per_token, d, width=None):
             batch["attention_mask"],
             layout,
             candidates_per_token,
+            to_continue(candidates_per_token, batch["input_ids"], layout),
         )
     else:
         sample, positions = flat_candidates(layout, d)
