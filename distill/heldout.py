@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from distill.conversation import generation_prompt
 from distill.data import read_records
+from distill.model_names import unique_names
 from distill.modeling import language_model_parameters, load_llava
 
 FAMILIES = ("colour", "shape", "count", "position", "reading", "yes/no", "multiple-choice")
@@ -165,11 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    names = unique_names([Path(m) for m in args.model])  # two runs' checkpoint-600 stay two columns
     results = {
-        Path(m).parent.name if Path(m).name == "final" else Path(m).name: evaluate_model(
-            m, args.data, args.per_family, args.batch_size
-        )
-        for m in args.model
+        name: evaluate_model(m, args.data, args.per_family, args.batch_size)
+        for name, m in zip(names, args.model)
     }
     print(format_table(results))
     if args.out:

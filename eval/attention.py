@@ -39,9 +39,10 @@ from PIL import Image
 
 from distill.conversation import DataError
 from distill.irs import attention_vectors, read_best_layer
+from distill.model_names import unique_names
 from distill.modeling import ModelFormatError, check_llava_dir, load_llava
 from distill.staging import save_figure, write_text_atomic
-from eval.backends import default_device, unique_names
+from eval.backends import default_device
 from eval.records import ScoreError
 
 TOP_K = 5

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from distill.conversation import generation_prompt
+from distill.model_names import model_name
 from distill.modeling import load_llava
 from eval.questions import BenchQuestion
 
@@ -85,22 +86,3 @@ def open_backend(model_dir: str | Path, dtype: str = "float32", device: str | No
     if (Path(model_dir) / "manifest.json").is_file():
         return OnnxBackend(model_dir)
     return TorchBackend(model_dir, dtype, device)
-
-
-def model_name(model_dir: str | Path) -> str:
-    """runs/tiny/student-kd/final -> student-kd (the answer lines' model_id)."""
-    path = Path(model_dir).resolve()
-    return path.parent.name if path.name == "final" else path.name
-
-
-def unique_names(model_dirs: list[Path]) -> list[str]:
-    """Short names that tell the models apart: runs/ablate/kd/seed-0/final -> kd/seed-0 beside its siblings."""
-    parts = [
-        list((p.resolve().parent if p.resolve().name == "final" else p.resolve()).parts) for p in model_dirs
-    ]
-    depth = 1
-    while True:
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
-            return names
-        depth += 1

@@ -26,11 +26,12 @@ from typing import Any
 
 import yaml
 
+from distill.model_names import model_name
 from distill.staging import save_figure, write_text_atomic
 from eval import mme
 from eval import run as runner
 from eval import score as scorer
-from eval.backends import model_name, open_backend
+from eval.backends import open_backend
 from eval.questions import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, read_questions
 from eval.records import ScoreError
 

@@ -8,7 +8,6 @@ import torch
 
 from eval import exposure
 from eval.__main__ import main
-from eval.backends import unique_names
 
 
 def test_curves_accumulate_steps_and_average_over_samples():
@@ -128,17 +127,6 @@ def test_a_student_with_another_vocabulary_is_refused(shapes, long_replies, teac
     ]
     assert main([*args, "--min-tokens", "6", "--length", "6", "--out", str(tmp_path / "x")]) == 2
     assert "vocabularies differ" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "paths, names",
-    [
-        (["runs/tiny/student-kd/final", "runs/tiny/student-sft/final"], ["student-kd", "student-sft"]),
-        (["runs/ablate/kd/seed-0/final", "runs/ablate/sft/seed-0/final"], ["kd/seed-0", "sft/seed-0"]),
-    ],
-)
-def test_models_get_the_shortest_names_that_tell_them_apart(paths, names, tmp_path):
-    assert unique_names([tmp_path / p for p in paths]) == names
 
 
 def test_runs_of_one_method_share_a_colour_and_a_legend_entry():
