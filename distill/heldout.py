@@ -87,6 +87,25 @@ def score(records: list[dict[str, Any]], answers: list[str]) -> dict[str, dict[s
     }
 
 
+def benchmark_group(record: dict[str, Any]) -> str | None:
+    """Where a yes/no or lettered question comes from: "pope adversarial", "mme position", "sqa"."""
+    if record["family"] not in ("yes/no", "multiple-choice"):
+        return None
+    category = (record.get("extra") or {}).get("category")
+    return f"{record['family']}: {record['benchmark']}" + (f" {category}" if category else "")
+
+
+def score_by_benchmark(records: list[dict[str, Any]], answers: list[str]) -> dict[str, dict[str, float]]:
+    """{"yes/no: pope random": {accuracy, n}, ...}: the yes/no and multiple-choice families split by
+    the benchmark (and POPE or MME category) each question imitates."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for record, answer in zip(records, answers):
+        group = benchmark_group(record)
+        if group is not None:
+            hits[group].append(is_correct(record, answer))
+    return {group: {"accuracy": sum(h) / len(h), "n": len(h)} for group, h in sorted(hits.items())}
+
+
 def select(records: list[dict[str, Any]], per_family: int | None) -> list[dict[str, Any]]:
     records = [r for r in records if r.get("family") in FAMILIES]
     if per_family is None:
@@ -118,6 +137,7 @@ def evaluate_model(
         "parameters": sum(p.numel() for p in model.parameters()),
         "llm_parameters": language_model_parameters(model),
         "families": score(records, answers),
+        "by_benchmark": score_by_benchmark(records, answers),
         "questions_per_second": len(records) / seconds,
         "answers": [
             {"id": r["id"], "family": r["family"], "answer": r["answer"], "prediction": a}
@@ -153,6 +173,17 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def format_breakdown(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the yes/no and multiple-choice families by benchmark and category."""
+    names = list(results)
+    groups = next(iter(results.values()))["by_benchmark"]
+    rows = ["| benchmark | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for group, first in groups.items():
+        cells = [f"{100 * results[n]['by_benchmark'][group]['accuracy']:.1f}" for n in names]
+        rows.append(f"| {group} (n={first['n']}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", nargs="+", required=True, help="model directories (e.g. runs/tiny/teacher/final)"
@@ -163,6 +194,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-family", type=int, default=None, help="at most this many questions per family")
     parser.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
     parser.add_argument("--out", default=None, help="write the results (with every answer) to this JSON file")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print yes/no and multiple-choice by benchmark and category (POPE random/popular/"
+        "adversarial, MME existence/count/position/color/OCR, ScienceQA, MMBench)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         for name, m in zip(names, args.model)
     }
     print(format_table(results))
+    if args.breakdown:
+        print("\n" + format_breakdown(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
