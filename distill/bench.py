@@ -194,6 +194,7 @@ def in_lockstep(specs: list[dict[str, Any]], turn_file: Path) -> list[dict[str, 
         if failed is not None:  # the others would wait for its turn: stop them now
             for process, *_ in processes:
                 process.kill()
+                process.wait()
             err = processes[failed][2]
             err.seek(0)
             raise RuntimeError(f"bench worker step ({specs[failed]['mode']}) failed:\n{err.read()[-3000:]}")

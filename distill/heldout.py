@@ -25,6 +25,7 @@ from distill.conversation import generation_prompt
 from distill.data import read_records
 from distill.model_names import unique_names
 from distill.modeling import language_model_parameters, load_llava
+from distill.staging import write_text_atomic
 
 FAMILIES = ("colour", "shape", "count", "position", "reading", "yes/no", "multiple-choice")
 
@@ -212,5 +213,5 @@ def run(args: argparse.Namespace) -> int:
     if args.breakdown:
         print("\n" + format_breakdown(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_text_atomic(Path(args.out), json.dumps(results, indent=1))  # never half-written
     return 0
