@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from tqdm.auto import tqdm
 
@@ -51,20 +49,13 @@ from distill.bench_methods import METHODS
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.configuration import ConfigError
+from distill.process_memory import current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- measurement helpers (run inside the worker process) ------------------------------------------
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def current_rss_mib() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def device_peak_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 

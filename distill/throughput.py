@@ -15,13 +15,14 @@ the medians and the rate.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+from distill.process_memory import peak_rss_mib
 
 WARMUP_STEPS = 3  # steps left out of the figures: kernels loading, allocator growing
 
@@ -65,7 +66,7 @@ class StepTimer(TrainerCallback):
             "median_step_s": statistics.median(seconds) if seconds else None,
             "tokens_per_s": sum(tokens) / sum(seconds) if seconds and sum(seconds) > 0 else None,
             "median_tokens_per_step": statistics.median(tokens) if tokens else None,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": peak_rss_mib(),
             "peak_cuda_allocated_mib": None,
             "peak_cuda_reserved_mib": None,
         }

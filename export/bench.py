@@ -10,7 +10,10 @@ time-stamped as it is chosen. Time to first token is the median time from the ca
 token (image and prompt through the model); decode speed the median of (new tokens - 1) / (time from
 the first token to the last), both from the same generations. Peak RSS is the
 process's high-water mark, and "above imports" subtracts what the process held before loading the
-model (Python, torch, transformers). Ratios are against PyTorch fp32 measured in the same run.
+model, its runtime imported. Each process imports only its runtime, as a deployment would: PyTorch
+torch and transformers; ONNX Runtime the kit's runner, whose processor brings transformers and torch;
+llama.cpp llama-cpp-python, numpy and Pillow (the prompt's chat text is rendered once in the parent
+process). Ratios are against PyTorch fp32 measured in the same run.
 A GGUF export gives one row per language-model file (llama.cpp through llama-cpp-python, the image
 through the export's mmproj file: export/gguf_runner.py); its size counts the mmproj too. Should a
 GGUF export have no mmproj (one written before the vision tower was exported), every format answers
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,17 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export.onnx_export import label
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def current_rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+from distill.process_memory import current_rss_mib, peak_rss_mib
 
 
 def first_held_out_prompt(data: Path) -> tuple[Path, str]:
@@ -92,32 +84,53 @@ def chat_text(tokenizer_dir: Path, question: str) -> str:
     return generation_prompt(AutoTokenizer.from_pretrained(tokenizer_dir), question)
 
 
-def measure(
-    kind: str,
-    path: Path,
-    data: Path,
-    new_tokens: int,
-    repeats: int,
-    threads: int,
-    text_only: bool,
-    model_dir: Path,
-) -> dict[str, Any]:
-    """Run in a fresh process: load one format and time its generation."""
-    import torch
+def prompt_job(args: argparse.Namespace, text_only: bool) -> dict[str, Any]:
+    """The image and chat text every format is timed on, prepared once in the parent process."""
+    image_path, question = first_held_out_prompt(args.data)
+    if text_only:
+        question = question.replace("<image>\n", "").replace("<image>", "")
+    return {
+        "image": None if text_only else str(image_path),
+        "text": chat_text(args.model, question),
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "threads": args.threads,
+    }
+
+
+def import_runtime(kind: str) -> None:
+    """Import what one format runs on, so that "above imports" starts after it."""
+    if kind == "pytorch":
+        import torch  # noqa: F401
+
+        import distill.modeling  # noqa: F401
+    elif kind == "onnx":
+        import export.onnx_runner
+    else:
+        import llama_cpp.mtmd_cpp  # noqa: F401
+
+        import export.gguf_runner  # noqa: F401
+
+
+def measure(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Run in a fresh process: load one format and time its generation.
+
+    Each format imports only what it runs on: PyTorch torch and transformers; ONNX Runtime its runner,
+    whose processor comes from transformers (and so torch); llama.cpp llama-cpp-python, numpy and
+    Pillow, as a deployment of the GGUF files would. The process's peak RSS is that runtime's."""
     from PIL import Image
 
-    torch.set_num_threads(threads)
-    image_path, question = first_held_out_prompt(data)
-    if text_only:
-        question, image = question.replace("<image>\n", "").replace("<image>", ""), None
-    else:
-        image = Image.open(image_path).convert("RGB")
-    text = chat_text(model_dir, question)
+    image = Image.open(job["image"]).convert("RGB") if job["image"] else None
+    text, new_tokens, repeats, threads = job["text"], job["new_tokens"], job["repeats"], job["threads"]
+    import_runtime(kind)
     before = current_rss_mib()
     start = time.perf_counter()
     if kind == "pytorch":
+        import torch
+
         from distill.modeling import load_llava
 
+        torch.set_num_threads(threads)
         model, processor = load_llava(path)
         model.eval()
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
@@ -157,18 +170,12 @@ def measure(
         "decode_tokens_per_s": rate,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_above_imports_mib": peak_rss_mib() - before,
+        "torch_imported": "torch" in sys.modules,
     }
 
 
-def run_worker(kind: str, path: Path, args: argparse.Namespace, text_only: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), str(args.data)]
-    command += [
-        str(args.new_tokens),
-        str(args.repeats),
-        str(args.threads),
-        str(int(text_only)),
-        str(args.model),
-    ]
+def run_worker(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), json.dumps(job)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark of {path} failed:\n{done.stderr[-2000:]}")
@@ -177,6 +184,8 @@ def run_worker(kind: str, path: Path, args: argparse.Namespace, text_only: bool)
 
 def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
     """(row name, kind, path) for each export folder: one row per ONNX export, one per GGUF file."""
+    from export.onnx_export import label
+
     rows = []
     for folder in exports:
         manifest_file = folder / "manifest.json"
@@ -214,14 +223,15 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only:
         f"{args.model}: {prompt} from {args.data}, {args.new_tokens} greedy tokens, median of "
         f"{args.repeats}, {args.threads} threads, each format in its own process:",
         "| format | size (MiB) | load (s) | first token (ms) | decode (tokens/s) | peak RSS (MiB) "
-        "| above imports (MiB) | decode / PyTorch | RSS above imports / PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| above imports (MiB) | decode / PyTorch | peak RSS / PyTorch | RSS above imports / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['size_mib']:.2f} | {r['load_s']:.2f} | {1000 * r['first_token_s']:.1f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_above_imports_mib']:.0f} | "
             f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | "
+            f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x | "
             f"{r['peak_rss_above_imports_mib'] / max(base['peak_rss_above_imports_mib'], 1e-9):.2f}x |"
         )
     return "\n".join(lines)
@@ -246,9 +256,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     todo = formats(args.export)
     text_only = any(kind.startswith("gguf") and not has_mmproj(path) for _, kind, path in todo)
-    rows = {"pytorch fp32": run_worker("pytorch", args.model, args, text_only)}
+    job = prompt_job(args, text_only)
+    rows = {"pytorch fp32": run_worker("pytorch", args.model, job)}
     for name, kind, path in todo:
-        rows[name] = run_worker(kind, path, args, text_only)
+        rows[name] = run_worker(kind, path, job)
     print(report(rows, args, text_only))
     if args.out:
         args.out.write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=1))
@@ -256,15 +267,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    kind, path, data, new_tokens, repeats, threads, text_only, model_dir = sys.argv[2:10]
-    result = measure(
-        kind,
-        Path(path),
-        Path(data),
-        int(new_tokens),
-        int(repeats),
-        int(threads),
-        text_only == "1",
-        Path(model_dir),
-    )
-    print(json.dumps(result))
+    kind, path, job = sys.argv[2:5]
+    print(json.dumps(measure(kind, Path(path), json.loads(job))))

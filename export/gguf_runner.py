@@ -17,14 +17,12 @@ from __future__ import annotations
 import ctypes
 import json
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from transformers import GenerationConfig
-
-from distill.modeling import load_processor
 
 
 def _route_mtmd_logs_through_llama_cpp() -> None:
@@ -48,6 +46,32 @@ def read_gguf_manifest(export_dir: Path) -> dict[str, Any]:
             f"{export_dir}: manifest.json is not a GGUF export's (format {manifest.get('format')!r})"
         )
     return manifest
+
+
+def end_of_sequence_ids(export_dir: Path) -> set[int]:
+    """generation_config.json's eos_token_id (one id or a list), read without transformers."""
+    config_file = export_dir / "generation_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{export_dir}: no generation_config.json (re-export with python -m export gguf)"
+        )
+    eos = json.loads(config_file.read_text()).get("eos_token_id")
+    if eos is None:
+        raise ValueError(f"{config_file}: no eos_token_id, so generation could not stop")
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def image_text(export_dir: Path) -> str:
+    """The text that stands for an image in the chat template: processor_config.json's image_token, or
+    LlavaProcessor's default where only a preprocessor_config.json was saved."""
+    config_file = export_dir / "processor_config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()).get("image_token", "<image>")
+    if (export_dir / "preprocessor_config.json").is_file():
+        return "<image>"
+    raise FileNotFoundError(
+        f"{export_dir}: no processor_config.json (the processor is saved beside the GGUF files)"
+    )
 
 
 class GgufLlava:
@@ -79,11 +103,8 @@ class GgufLlava:
             verbose=False,
             **cache,
         )
-        self.processor = load_processor(self.path)
-        generation = GenerationConfig.from_pretrained(self.path)
-        eos = generation.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.image_text = self.processor.image_token
+        self.eos_ids = end_of_sequence_ids(self.path)
+        self.image_text = image_text(self.path)
         self.mtmd = None
         self.mmproj = self.manifest.get("vision")
         if self.mmproj:
@@ -102,6 +123,14 @@ class GgufLlava:
             raise ValueError(f"{self.path / self.mmproj}: llama.cpp's mtmd could not load it")
         self.llm._stack.callback(mtmd.mtmd_free, context)
         return context
+
+    @cached_property
+    def processor(self) -> Any:
+        """The checkpoint's transformers processor, loaded on first use (it imports torch; generating
+        needs only llama.cpp, numpy and Pillow, so a deployment's memory holds no more than those)."""
+        from distill.modeling import load_processor
+
+        return load_processor(self.path)
 
     @property
     def vocab_size(self) -> int:

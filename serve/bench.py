@@ -84,7 +84,7 @@ def peak_memory_mib(before_load: float) -> tuple[float, str]:
     model (Python, torch, transformers: the same for every model, so the ratios are the models')."""
     import torch
 
-    from export.bench import peak_rss_mib
+    from distill.process_memory import peak_rss_mib
 
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**20, "CUDA peak allocated"
@@ -192,7 +192,7 @@ def measure(
     from serve.engines import detect_backend, open_engine
 
     torch.set_num_threads(threads)
-    from export.bench import current_rss_mib
+    from distill.process_memory import current_rss_mib
 
     image = probe_image(Path(data))
     import uvicorn  # noqa: F401

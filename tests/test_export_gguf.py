@@ -234,11 +234,43 @@ def test_bad_input_is_refused_before_anything_is_written(student_dir, tmp_path):
 
 def test_bench_times_gguf_files_beside_pytorch_on_image_prompts(shapes, student_dir, tmp_path, capsys):
     export_gguf(student_dir, tmp_path / "gguf", ["f16", "q8_0"])
-    args = ["bench", "--model", str(student_dir), "--export", str(tmp_path / "gguf")]
+    args = [
+        "bench",
+        "--model",
+        str(student_dir),
+        "--export",
+        str(tmp_path / "gguf"),
+        "--out",
+        str(tmp_path / "b.json"),
+    ]
     assert main([*args, "--data", str(shapes / "test.json"), "--new-tokens", "3", "--repeats", "1"]) == 0
     printed = capsys.readouterr().out
     assert "text only" not in printed
     assert "| gguf f16 (gguf) |" in printed and "| gguf q8_0 (gguf) |" in printed
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    # llama.cpp's process holds llama-cpp-python, numpy and Pillow, as a deployment would: no torch
+    assert rows["pytorch fp32"]["torch_imported"] is True
+    assert rows["gguf f16 (gguf)"]["torch_imported"] is False
+    assert rows["gguf f16 (gguf)"]["peak_rss_mib"] < rows["pytorch fp32"]["peak_rss_mib"]
+
+
+def test_the_runner_reads_its_stop_tokens_and_image_text_without_transformers(tmp_path):
+    from export.gguf_runner import end_of_sequence_ids, image_text
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 7]}))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_token": "<img>"}))
+    assert end_of_sequence_ids(tmp_path) == {3, 7} and image_text(tmp_path) == "<img>"
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 5}))
+    assert end_of_sequence_ids(tmp_path) == {5}
+    (tmp_path / "generation_config.json").write_text(json.dumps({}))
+    with pytest.raises(ValueError, match="no eos_token_id"):
+        end_of_sequence_ids(tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "processor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no generation_config.json"):
+        end_of_sequence_ids(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no processor_config.json"):
+        image_text(tmp_path)
 
 
 def test_check_compares_gguf_files_with_pytorch(shapes, student_dir, tmp_path, capsys):
