@@ -198,10 +198,15 @@ def measure(
     import uvicorn  # noqa: F401
 
     import serve.app  # noqa: F401 - imported before the baseline, like every model's runtime
+    from export.bench import import_runtime
+
+    chosen = backend or detect_backend(Path(model))
+    import_runtime({"torch": "pytorch", "onnx": "onnx"}.get(chosen, "gguf"), Path(model))
+    import distill.modeling  # noqa: F401 - every engine's processor (tokenizer, chat template) is transformers'
 
     before = current_rss_mib()
     start = time.perf_counter()
-    on_torch = (backend or detect_backend(Path(model))) == "torch"  # --dtype is the checkpoints' only
+    on_torch = chosen == "torch"  # --dtype is the checkpoints' only
     engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto", cuda_graphs)
     load = time.perf_counter() - start
     runs = paired_runs(engine, image, new_tokens, requests, warm_up)

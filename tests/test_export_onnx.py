@@ -5,6 +5,8 @@ decoders that load and generate, and bad input refused before anything is writte
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -240,3 +242,14 @@ def test_bench_times_each_format_in_its_own_process(shapes, student_dir, tmp_pat
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     for row in rows.values():
         assert row["decode_tokens_per_s"] > 0 and row["first_token_s"] > 0 and row["peak_rss_mib"] > 100
+
+
+def test_the_bench_imports_a_checkpoints_model_families_before_its_memory_baseline(student_dir):
+    script = (
+        "import sys; from pathlib import Path; from export.bench import import_model_modules; "
+        "name = 'transformers.models.qwen2.modeling_qwen2'; before = name in sys.modules; "
+        f"import_model_modules(Path({str(student_dir)!r})); "
+        "print(before, name in sys.modules, 'transformers.models.siglip.modeling_siglip' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "True"]
