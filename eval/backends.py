@@ -35,8 +35,14 @@ def default_device() -> str:
 class TorchBackend:
     """A LlavaForConditionalGeneration checkpoint on one device, answering through its chat template."""
 
-    def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> None:
-        self.name = model_name(model_dir)
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "float32",
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or model_name(model_dir)
         self.device = device or default_device()
         self.model, self.processor = load_llava(model_dir, dtype, device=self.device)
         self.model.eval()
@@ -61,10 +67,10 @@ class TorchBackend:
 class OnnxBackend:
     """An ONNX export (python -m export onnx) on ONNX Runtime's CPU provider."""
 
-    def __init__(self, export_dir: str | Path) -> None:
+    def __init__(self, export_dir: str | Path, name: str | None = None) -> None:
         from export.onnx_runner import OnnxLlava
 
-        self.name = model_name(export_dir)
+        self.name = name or model_name(export_dir)
         self.device = "cpu (onnxruntime)"
         self.runner = OnnxLlava(export_dir)
 
@@ -81,8 +87,11 @@ def chat_text(tokenizer: Any, question: BenchQuestion) -> str:
     )
 
 
-def open_backend(model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> Backend:
-    """The torch back end for a checkpoint, the ONNX one for an export folder (it has manifest.json)."""
+def open_backend(
+    model_dir: str | Path, dtype: str = "float32", device: str | None = None, name: str | None = None
+) -> Backend:
+    """The torch back end for a checkpoint, the ONNX one for an export folder (it has manifest.json);
+    `name` (the answers' model_id) defaults to the folder's (distill/model_names.py)."""
     if (Path(model_dir) / "manifest.json").is_file():
-        return OnnxBackend(model_dir)
-    return TorchBackend(model_dir, dtype, device)
+        return OnnxBackend(model_dir, name)
+    return TorchBackend(model_dir, dtype, device, name)

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from distill.model_names import model_name
+from distill.model_names import unique_names
 from distill.staging import save_figure, write_text_atomic
 from eval import mme
 from eval import run as runner
@@ -112,13 +112,14 @@ def score_arguments(bench: str, answers: Path, files: dict[str, Path], partial: 
 
 def evaluate(
     model_dir: Path,
+    name: str,
     benches: list[str],
     layout: dict[str, dict[str, Path]],
     out: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Answer and score every benchmark with one model; returns {bench: scorer result}."""
-    backend = open_backend(model_dir, args.dtype, args.device)
+    backend = open_backend(model_dir, args.dtype, args.device, name)
     results = {}
     for bench in benches:
         files = layout[bench]
@@ -232,10 +233,12 @@ def run(args: argparse.Namespace) -> int:
     layout = default_layout(args.root, args.images)
     if args.layout is not None:
         layout = read_layout(args.layout, layout)
-    names = [model_name(m) for m in args.models]
+    names = unique_names([Path(m) for m in args.models])  # runs/a/kd/final, runs/b/kd/final -> a/kd, b/kd
     if len(set(names)) != len(names):
-        raise ScoreError(f"two models share a name ({', '.join(names)}); their answers would mix under --out")
-    results = {name: evaluate(m, args.benches, layout, args.out, args) for name, m in zip(names, args.models)}
+        raise ScoreError(f"a model is given twice ({', '.join(names)}); its answers would mix under --out")
+    results = {
+        name: evaluate(m, name, args.benches, layout, args.out, args) for name, m in zip(names, args.models)
+    }
     table = comparison(results, args.benches)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

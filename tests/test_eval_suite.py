@@ -2,6 +2,7 @@
 comparison table (markdown + JSON) and a bar chart; answers are resumed, layouts are checked."""
 
 import json
+import shutil
 
 from eval.__main__ import main
 from eval.questions import read_questions
@@ -66,6 +67,22 @@ def test_a_layout_file_with_an_unknown_key_or_benchmark_is_refused(shapes, stude
     assert "unknown benchmark 'vqav2'" in capsys.readouterr().err
 
 
-def test_two_models_with_one_name_are_refused(shapes, student_dir, tmp_path, capsys):
+def test_one_model_given_twice_is_refused(shapes, student_dir, tmp_path, capsys):
     assert main(suite_args(shapes, tmp_path, student_dir, student_dir)) == 2
-    assert "share a name" in capsys.readouterr().err
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_two_models_whose_folders_share_a_name_are_told_apart(shapes, student_dir, tmp_path, capsys):
+    copies = []
+    for run in ("seed-0", "seed-1"):
+        copy = tmp_path / "runs" / run / "kd" / "final"
+        shutil.copytree(student_dir, copy)
+        copies.append(copy)
+    out = tmp_path / "eval"
+    args = suite_args(shapes, out, *copies)
+    assert main([*args[:-4], "--limit", "2", "--max-new-tokens", "2", "--benches", "pope"]) == 0
+    printed = capsys.readouterr().out
+    assert "| seed-0/kd |" in printed and "| seed-1/kd |" in printed
+    for run in ("seed-0", "seed-1"):
+        lines = (out / run / "kd" / "pope.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and all(json.loads(line)["model_id"] == f"{run}/kd" for line in lines)
