@@ -6,6 +6,7 @@
     python -m export bench --model DIR --export DIR [DIR ...]              # export/bench.py
 
 ONNX: vision encoder + projector, token embeddings and a KV-cache decoder (export/onnx_graphs.py),
-run by export/onnx_runner.py. GGUF: the language model for llama.cpp (export/gguf_text.py); the
-vision tower's mmproj file is still to come (issue 5).
+run by export/onnx_runner.py. GGUF: the language model for llama.cpp (export/gguf_text.py) and the
+vision tower + projector as the mmproj file llama.cpp's mtmd loads (export/gguf_vision.py), run by
+export/gguf_runner.py.
 """
