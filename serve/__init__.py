@@ -1,5 +1,10 @@
 """serve: one engine interface over torch, ONNX Runtime and llama.cpp back ends, an
 OpenAI-compatible FastAPI app, and the latency/memory benchmark against LLaVA-1.5-7B.
 
-Not built yet (issue 6).
+    python -m serve --model runs/tiny/student-kd/final     # the API on uvicorn (serve/__main__.py)
+    python -m serve bench --models A B ...                # TTFT, decode speed, memory (serve/bench.py)
+
+Engines: serve/engines.py (CUDA graphs for torch on GPUs: serve/graphed_decoding.py); the app and
+its limits: serve/app.py, serve/protocol.py, serve/images.py, serve/errors.py; one completion's stop
+strings and timings: serve/generation.py; sampling: serve/sampling.py; Prometheus: serve/metrics.py.
 """
