@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.process_memory import current_rss_mib, peak_rss_mib
+from distill.staging import write_text_atomic
 
 
 def first_held_out_prompt(data: Path) -> tuple[Path, str]:
@@ -279,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         rows[name] = run_worker(kind, path, job)
     print(report(rows, args, text_only))
     if args.out:
-        args.out.write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=1))
+        write_text_atomic(args.out, json.dumps({"model": str(args.model), "rows": rows}, indent=1))
     return 0
 
 
