@@ -153,6 +153,20 @@ class GgufLlava:
         buffer = (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes())
         return mtmd.mtmd_bitmap_init(image.width, image.height, buffer)
 
+    def image_token_count(self) -> int:
+        """Positions one image takes in the prompt, as mtmd tokenises it (every image is resized alike)."""
+        import llama_cpp.mtmd_cpp as mtmd
+
+        if self.mtmd is None:
+            raise ValueError(f"{self.path}: this GGUF export has no mmproj file, so it cannot read images")
+        chunks = self._chunks([Image.new("RGB", (8, 8))], self.image_text)
+        try:
+            return sum(
+                mtmd.mtmd_input_chunk_get_n_tokens(c) for c, kind in self._iterate(chunks) if kind == "image"
+            )
+        finally:
+            mtmd.mtmd_input_chunks_free(chunks)
+
     def image_embeddings(self, image: Image.Image) -> np.ndarray:
         """The mmproj's output for one image: (image tokens, LM width), as the LM receives it."""
         import llama_cpp.mtmd_cpp as mtmd

@@ -55,12 +55,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def probe_image(data: Path) -> Any:
-    from PIL import Image
-
+def probe_image_path(data: Path) -> Path:
+    """The first held-out image (found by the parent, so a worker need not import the data pipeline)."""
     from export.bench import first_held_out_prompt
 
-    return Image.open(first_held_out_prompt(data)[0]).convert("RGB")
+    return first_held_out_prompt(data)[0]
 
 
 def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:
@@ -81,12 +80,11 @@ def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:
 
 def peak_memory_mib(before_load: float) -> tuple[float, str]:
     """CUDA peak allocated on a GPU; on CPU the peak RSS above what the process held before loading the
-    model (Python, torch, transformers: the same for every model, so the ratios are the models')."""
-    import torch
-
+    model (Python and the back end's runtime, imported first, so the ratios are the models')."""
     from distill.process_memory import peak_rss_mib
 
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+    torch = sys.modules.get("torch")  # only the torch engine imports it
+    if torch is not None and torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**20, "CUDA peak allocated"
     return peak_rss_mib() - before_load, "peak RSS above imports"
 
@@ -186,23 +184,23 @@ def measure(
     warm_up: int = WARM_UP,
     cuda_graphs: bool = True,
 ) -> dict[str, Any]:
-    """Run in a fresh process: one model on one back end."""
-    import torch
+    """Run in a fresh process: one model on one back end. The process imports what that back end runs
+    on and no more (a GGUF export: llama.cpp, no PyTorch or transformers), as its deployment would."""
+    from PIL import Image
 
+    from distill.process_memory import current_rss_mib, peak_rss_mib
     from serve.engines import detect_backend, open_engine
 
-    torch.set_num_threads(threads)
-    from distill.process_memory import current_rss_mib
-
-    image = probe_image(Path(data))
+    image = Image.open(data).convert("RGB")
     import uvicorn  # noqa: F401
 
-    import serve.app  # noqa: F401 - imported before the baseline, like every model's runtime
+    import serve.app  # imported before the baseline, like every model's runtime
     from export.bench import import_runtime
 
     chosen = backend or detect_backend(Path(model))
     import_runtime({"torch": "pytorch", "onnx": "onnx"}.get(chosen, "gguf"), Path(model))
-    import distill.modeling  # noqa: F401 - every engine's processor (tokenizer, chat template) is transformers'
+    if chosen == "torch":
+        import serve.torch_engine  # noqa: F401
 
     before = current_rss_mib()
     start = time.perf_counter()
@@ -212,8 +210,9 @@ def measure(
     runs = paired_runs(engine, image, new_tokens, requests, warm_up)
     api = runs["api_ttft"]
     memory, memory_kind = peak_memory_mib(before)
+    process_peak = peak_rss_mib()
     tensors = None
-    on_cpu = torch.device(getattr(engine, "device", "cpu")).type == "cpu"
+    on_cpu = str(getattr(engine, "device", "cpu")).startswith("cpu")
     if engine.backend == "torch" and on_cpu:  # on a GPU, CUDA peak allocated is the tensors' peak
         from serve.tensor_memory import peak_tensor_mib
 
@@ -233,6 +232,8 @@ def measure(
         "peak_memory_mib": memory,
         "memory_kind": memory_kind,
         "peak_tensor_mib": tensors,
+        "peak_rss_mib": process_peak,  # the whole process: Python, the runtime, the server, the model
+        "torch_imported": "torch" in sys.modules,
     }
 
 
@@ -247,7 +248,7 @@ def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> di
                 str(model),
                 backend,
                 args.quant,
-                str(args.data),
+                str(probe_image_path(args.data)),
                 args.new_tokens,
                 args.requests,
                 args.threads,
@@ -275,9 +276,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {args.warm_up} warm-ups, "
         f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({label(base)}):",
         "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
-        f"| weight files (MiB) | {base['memory_kind']} (MiB) | peak tensors (MiB) | TTFT vs first | decode vs first "
-        "| memory vs first | tensors vs first |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| weight files (MiB) | {base['memory_kind']} (MiB) | peak tensors (MiB) | peak RSS, process (MiB) "
+        "| TTFT vs first | decode vs first | memory vs first | tensors vs first | process RSS vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         api = r["api_ttft_ms"]
@@ -286,10 +287,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['model']} | {label(r)} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.1f} | "
             f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {or_na(api)} | {overhead} | "
             f"{r['weights_mib']:.1f} | "
-            f"{r['peak_memory_mib']:.0f} | {or_na(r.get('peak_tensor_mib'))} | "
+            f"{r['peak_memory_mib']:.0f} | {or_na(r.get('peak_tensor_mib'))} | {r['peak_rss_mib']:.0f} | "
             f"{r['ttft_ms'] / base['ttft_ms']:.2f}x | "
             f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x | "
-            f"{ratio(r.get('peak_tensor_mib'), base.get('peak_tensor_mib'))} |"
+            f"{ratio(r.get('peak_tensor_mib'), base.get('peak_tensor_mib'))} | "
+            f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -440,13 +442,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.url:
+        from PIL import Image
+
         result = asyncio.run(
             load(
                 args.url.rstrip("/"),
                 args.concurrency,
                 args.requests,
                 args.new_tokens,
-                probe_image(args.data),
+                Image.open(probe_image_path(args.data)).convert("RGB"),
                 args.api_key,
             )
         )

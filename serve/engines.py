@@ -13,24 +13,25 @@ token (`step`), against its own key/value cache — transformers' DynamicCache, 
 present/past tensors (export/onnx_runner.py), llama.cpp's context (export/gguf_runner.py). The loop
 that samples (serve/sampling.py), stops at the end-of-turn tokens and turns token ids into text
 pieces is shared, so the three answer alike. One engine serves one request at a time (the server
-serialises calls); the prompt is rendered by the checkpoint's own chat template.
+serialises calls); the prompt is rendered by the checkpoint's own chat template (serve/chat_text.py:
+the processor's for torch and ONNX; for llama.cpp the GGUF's own template and vocabulary, so that a
+GGUF export is served without PyTorch or transformers in the process). The torch engine is in
+serve/torch_engine.py, imported only when a checkpoint is opened.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from serve.graphed_decoding import GraphedDecoder
+from serve.chat_text import ChatText, LlamaCppChatText, TransformersChatText
 from serve.sampling import Sampler
 
 BACKENDS = ("torch", "onnx", "llama.cpp")
@@ -73,31 +74,24 @@ class Engine:
 
     backend = ""
 
-    def __init__(self, path: Path, processor: Any, eos_ids: set[int], context: int) -> None:
-        self.path, self.processor, self.eos_ids, self.context = path, processor, eos_ids, context
-        self.tokenizer = processor.tokenizer
+    def __init__(self, path: Path, chat: ChatText, eos_ids: set[int], context: int) -> None:
+        self.path, self.chat, self.eos_ids, self.context = path, chat, eos_ids, context
         # the Rust tokenizer refuses concurrent use while one call changes its padding settings
         # ("Already borrowed"): prompts are rendered on the API's request threads, decoded on the engine's
         self.tokenizer_lock = threading.Lock()
-        self.image_text = processor.image_token
+        self.image_text = chat.image_text
         self.name = path.name if path.name not in ("final", "") else path.parent.name
         self.last_finish: Finish | None = None
 
     def prompt(self, messages: list[dict[str, str]], images: list[Image.Image]) -> Prompt:
         """Render chat messages (string contents, one `<image>` per image) and count the prompt's tokens."""
         with self.tokenizer_lock:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            text = self.chat.render(messages)
+            ids = self.chat.encode(text)
         if text.count(self.image_text) != len(images):
             raise ValueError(f"{text.count(self.image_text)} image placeholders for {len(images)} images")
-        count = len(ids) + len(images) * (self.image_tokens() - 1)
+        count = len(ids) + (len(images) * (self.chat.image_tokens() - 1) if images else 0)
         return Prompt(text, images, count)
-
-    def image_tokens(self) -> int:
-        """Tokens one image takes in the prompt, as the processor expands `<image>`."""
-        size = self.processor.image_processor.size["height"]
-        count = (size // self.processor.patch_size) ** 2 + self.processor.num_additional_image_tokens
-        return count - (1 if self.processor.vision_feature_select_strategy == "default" else 0)
 
     def stream(self, prompt: Prompt, sampler: Sampler, max_tokens: int) -> Iterator[Piece]:
         """Sample up to max_tokens new tokens; one piece per token, its text what the token completes
@@ -113,7 +107,7 @@ class Engine:
                 return
             tokens.append(token)
             with self.tokenizer_lock:
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                text = self.chat.decode(tokens)
             if text.endswith("\ufffd"):  # a multi-byte character still incomplete
                 yield Piece("", token)
             else:
@@ -140,70 +134,6 @@ class Engine:
         return self.backend
 
 
-class TorchEngine(Engine):
-    """transformers on CPU or GPU. On a GPU the decode steps replay a CUDA graph over a static KV cache
-    (serve/graphed_decoding.py) unless cuda_graphs=False; elsewhere they run eagerly over a DynamicCache."""
-
-    backend = "torch"
-
-    def __init__(
-        self, path: Path, dtype: str = "auto", device: str | None = None, cuda_graphs: bool = True
-    ) -> None:
-        from distill.modeling import load_llava
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, processor = load_llava(path, dtype, device=self.device)
-        self.model.eval()
-        eos = self.model.generation_config.eos_token_id
-        text = self.model.config.get_text_config()
-        super().__init__(
-            path, processor, set(eos if isinstance(eos, list) else [eos]), text.max_position_embeddings
-        )
-        self.past: Any = None
-        self.graphed: GraphedDecoder | None = None
-        if cuda_graphs and torch.device(self.device).type == "cuda":
-            try:
-                self.graphed = GraphedDecoder(self.model, self.context)
-            except ValueError as error:  # sliding-window layers, another attention implementation
-                warnings.warn(f"{path}: decoding without CUDA graphs: {error}", stacklevel=2)
-
-    @property
-    def weights_dtype(self) -> str:
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
-
-    @property
-    def description(self) -> str:
-        return f"torch {self.weights_dtype} on {self.device}" + (", CUDA graphs" if self.graphs_on else "")
-
-    @property
-    def graphs_on(self) -> bool:
-        """Decode steps replay CUDA graphs (false on CPU, with cuda_graphs=False, or after a failed capture)."""
-        return self.graphed is not None and self.graphed.capture
-
-    @torch.inference_mode()
-    def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
-        with self.tokenizer_lock:
-            inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
-        inputs = inputs.to(self.device)
-        if self.graphed:
-            return self.graphed.prefill(dict(inputs), new_tokens).float().cpu().numpy()
-        output = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        self.past = output.cache if hasattr(output, "cache") else output.past_key_values
-        return output.logits[0, -1].float().cpu().numpy()
-
-    @torch.inference_mode()
-    def step(self, token: int) -> np.ndarray:
-        if self.graphed:
-            return self.graphed.step(token).float().cpu().numpy()
-        ids = torch.tensor([[token]], device=self.device)
-        output = self.model(input_ids=ids, cache=self.past, use_cache=True)
-        self.past = output.cache if hasattr(output, "cache") else output.past_key_values
-        return output.logits[0, -1].float().cpu().numpy()
-
-    def weight_files(self) -> list[Path]:
-        return sorted(self.path.glob("*.safetensors"))
-
-
 class OnnxEngine(Engine):
     backend = "onnx"
 
@@ -216,7 +146,8 @@ class OnnxEngine(Engine):
             raise ValueError(
                 f"{path}: the manifest has no context_length (re-export with python -m export onnx)"
             )
-        super().__init__(path, self.runner.processor, self.runner.eos_ids, int(context))
+        self.processor = self.runner.processor
+        super().__init__(path, TransformersChatText(self.processor), self.runner.eos_ids, int(context))
         self.state: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
 
     def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
@@ -245,7 +176,8 @@ class LlamaCppEngine(Engine):
         from export.gguf_runner import GgufLlava
 
         self.runner = GgufLlava(path, quant, threads=threads)
-        super().__init__(path, self.runner.processor, self.runner.eos_ids, self.runner.llm.n_ctx())
+        chat = LlamaCppChatText(self.runner, path)
+        super().__init__(path, chat, self.runner.eos_ids, self.runner.llm.n_ctx())
         self.name = f"{self.name}-{self.runner.quant}"
 
     def prompt(self, messages: list[dict[str, str]], images: list[Image.Image]) -> Prompt:
@@ -294,9 +226,9 @@ def open_engine(
     if backend != "torch" and dtype != "auto":
         raise ValueError(f"--dtype is for checkpoints; a {backend} export runs at its files' precision")
     if backend == "torch":
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchEngine(path, dtype, cuda_graphs=cuda_graphs)
+        from serve.torch_engine import TorchEngine
+
+        return TorchEngine(path, dtype, cuda_graphs=cuda_graphs, threads=threads)
     if backend == "onnx":
         return OnnxEngine(path, threads or 0)
     return LlamaCppEngine(path, quant, threads)

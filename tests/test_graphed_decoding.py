@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from serve.engines import TorchEngine
 from serve.graphed_decoding import GraphedDecoder, bucket_length
 from serve.sampling import Sampler
+from serve.torch_engine import TorchEngine
 from tests.conftest import save_lively_model
 
 QUESTIONS = ["What color is the circle?", "How many shapes are there in the picture, and where is each one?"]

@@ -29,6 +29,30 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
     assert (out / "bench.md").read_text().startswith("one image + question")
 
 
+def test_a_gguf_worker_runs_without_torch_and_every_row_has_its_whole_process_peak(
+    shapes, student_dir, tmp_path, capsys
+):
+    from export.gguf_export import export_gguf
+
+    export_gguf(student_dir, tmp_path / "gguf", ["f32"])
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "--models",
+        str(student_dir),
+        str(tmp_path / "gguf"),
+        "--data",
+        str(shapes / "test.json"),
+    ]
+    assert main([*args, "--requests", "1", "--warm-up", "1", "--new-tokens", "2", "--out", str(out)]) == 0
+    assert "peak RSS, process (MiB)" in capsys.readouterr().out
+    torch_row, gguf_row = json.loads((out / "bench.json").read_text())["rows"]
+    assert torch_row["torch_imported"] and not gguf_row["torch_imported"]
+    for row in (torch_row, gguf_row):
+        assert row["peak_rss_mib"] > row["peak_memory_mib"] > 0  # the whole process holds the imports too
+    assert gguf_row["peak_rss_mib"] < torch_row["peak_rss_mib"]  # no PyTorch, no transformers
+
+
 def test_a_model_that_fails_costs_its_row_only(shapes, student_dir, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
