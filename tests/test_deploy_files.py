@@ -104,3 +104,37 @@ def test_deepspeed_configs_leave_sizes_to_the_trainer():
         ]
         is True
     )
+
+
+def test_the_edge_image_installs_the_edge_extra_and_the_kit_without_its_dependencies():
+    """docker/Dockerfile.edge: llama.cpp built portably in a build stage, the `edge` extra (no torch, no
+    transformers) and the kit with --no-deps in the final one; compose's serve-edge serves a GGUF export."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    edge = extras["edge"]
+    names = {re.split(r"[<>=!]", requirement)[0] for requirement in edge}
+    assert {"llama-cpp-python", "fastapi", "uvicorn", "pillow", "numpy", "jinja2"} <= names
+    assert not names & {"torch", "transformers", "onnxruntime", "accelerate"}
+    for other in ("export", "serve"):  # the same pins as the extras the full image installs
+        for requirement in extras[other]:
+            if re.split(r"[<>=!]", requirement)[0] in names:
+                assert requirement in edge, requirement
+    instructions = dockerfile_instructions(ROOT / "docker" / "Dockerfile.edge")
+    stages = [arg for kind, arg in instructions if kind == "FROM"]
+    assert len(stages) == 2 and stages[0].endswith("AS build")
+    final = instructions[[kind for kind, _ in instructions].index("FROM", 2) :]
+    runs = [arg for kind, arg in instructions if kind == "RUN"]
+    assert any("['optional-dependencies']['edge']" in run for run in runs)
+    cmake = " ".join(arg for kind, arg in instructions if kind == "ENV" and "CMAKE_ARGS" in arg)
+    assert "-DGGML_NATIVE=OFF" in cmake and "-DGGML_AMX_INT8=OFF" in cmake
+    final_runs = " ".join(arg for kind, arg in final if kind == "RUN")
+    assert "libgomp1" in final_runs and "pip install --no-deps ." in final_runs and "torch" not in final_runs
+    for kind, arg in instructions:
+        if kind == "COPY" and not arg.startswith("--from"):
+            assert (ROOT / arg.split()[0]).exists(), arg
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    service = compose["services"]["serve-edge"]
+    assert service["build"]["dockerfile"] == "docker/Dockerfile.edge"
+    assert service["command"][-1].startswith("python -m serve --model $${EDGE_MODEL} --host 0.0.0.0")
+    assert service["environment"]["EDGE_MODEL"] == "${EDGE_MODEL:-exports/student-kd-gguf}"
