@@ -118,7 +118,7 @@ def build_demo(chat_backend: Any, examples: list[list[Any]] | None = None) -> An
 
 def synthetic_examples(data: Path, count: int = 4) -> list[list[Any]]:
     """(image, question) pairs from the held-out split of the synthetic world, one per question family."""
-    from distill.data import read_records
+    from distill.records import read_records
 
     if not data.is_file():
         return []

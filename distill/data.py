@@ -43,6 +43,7 @@ from distill.conversation import (
     expand_mask,
 )
 from distill.pixel_cache import PixelCache
+from distill.records import read_records
 
 
 @dataclass
@@ -65,22 +66,6 @@ class ModelView:
         return json.dumps(
             [self.image_processor.to_dict(), self.num_image_tokens], sort_keys=True, default=str
         )
-
-
-def read_records(path: str | Path) -> list[Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a list of records at the top level")
-    return records
 
 
 def split_conversation(record: Any, image_token: str) -> list[dict[str, Any]]:

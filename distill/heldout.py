@@ -22,9 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from distill.conversation import generation_prompt
-from distill.data import read_records
 from distill.model_names import unique_names
 from distill.modeling import language_model_parameters, load_llava
+from distill.records import read_records
 from distill.staging import write_text_atomic
 
 FAMILIES = ("colour", "shape", "count", "position", "reading", "yes/no", "multiple-choice")

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from distill.attention_capture import capture_instruction_attention
 from distill.conversation import ConversationEncoder, DataError, encode_instruction_prompt, expand_mask
-from distill.data import read_records
 from distill.modeling import image_token_count, load_llava
+from distill.records import read_records
 from distill.staging import save_figure, write_text_atomic
 
 IRS_FILE = "irs.json"

@@ -33,11 +33,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from distill.conversation import generation_prompt
-from distill.data import read_records
 from distill.losses import per_position_divergence
 from distill.model_names import model_name, unique_names
 from distill.modeling import load_llava
 from distill.pairing import PairError, check_pair
+from distill.records import read_records
 from distill.staging import save_figure, write_text_atomic
 from eval.backends import default_device
 from eval.records import ScoreError

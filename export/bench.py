@@ -37,7 +37,7 @@ from distill.staging import write_text_atomic
 
 def first_held_out_prompt(data: Path) -> tuple[Path, str]:
     """The image and first question of the first held-out record with an image."""
-    from distill.data import read_records
+    from distill.records import read_records
 
     for record in read_records(data):
         if "image" in record:

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from distill.data import read_records
 from distill.heldout import FAMILIES, _prompt, generate_answers, score, select
 from distill.modeling import load_llava
+from distill.records import read_records
 from export.gguf_runner import GgufLlava, read_gguf_manifest
 from export.onnx_export import ExportError, label, source_hash
 from export.onnx_runner import OnnxLlava

@@ -1,5 +1,6 @@
 """A GGUF export served without PyTorch or transformers: its chat template, token counts and text agree
-with the processor's, and the app answers an image question in a process where both are unimportable."""
+with the processor's, and the app answers an image question in a process where both are unimportable
+(the demo's examples are read there too)."""
 
 import json
 import shutil
@@ -85,6 +86,7 @@ def test_a_gguf_export_is_served_with_torch_and_transformers_unimportable(gguf_e
     script = textwrap.dedent(
         f"""
         import base64, json, sys
+        from pathlib import Path
 
         class Refuse:
             def find_spec(self, name, path=None, target=None):
@@ -103,7 +105,10 @@ def test_a_gguf_export_is_served_with_torch_and_transformers_unimportable(gguf_e
             "/v1/chat/completions",
             json={{"model": engine.name, "messages": [{{"role": "user", "content": content}}], "max_tokens": 8}},
         )
-        print(json.dumps({{"status": reply.status_code, "body": reply.json(),
+        from demo.app import synthetic_examples  # the demo's examples need no training pipeline either
+
+        examples = synthetic_examples(Path({str(shapes / "test.json")!r}))
+        print(json.dumps({{"status": reply.status_code, "body": reply.json(), "examples": len(examples),
                           "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}}))
         """
     )
@@ -111,6 +116,6 @@ def test_a_gguf_export_is_served_with_torch_and_transformers_unimportable(gguf_e
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200, result["body"]
-    assert not result["torch"] and not result["transformers"]
+    assert not result["torch"] and not result["transformers"] and result["examples"] > 0
     usage = result["body"]["usage"]
     assert usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 16  # the image's tokens counted
