@@ -220,10 +220,17 @@ def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
 
 
 def gguf_row_name(name: str, folder: Path, manifest: dict[str, Any]) -> str:
+    """ "gguf q4_k_m (folder)", naming the token-embedding type where it was chosen and the vision file's
+    type where it is not f16: "gguf q4_k_m, embeddings q4_0, vision q8_0 (folder)"."""
+    parts = [f"gguf {name}"]
     embeddings = manifest.get("embedding_type")
     if embeddings and name not in ("f32", "f16"):
-        return f"gguf {name}, embeddings {embeddings} ({folder.name})"
-    return f"gguf {name} ({folder.name})"
+        parts.append(f"embeddings {embeddings}")
+    vision = manifest.get("vision") or ""
+    vision_type = vision.removeprefix("mmproj-").removesuffix(".gguf")
+    if vision and vision_type != "f16":
+        parts.append(f"vision {vision_type}")
+    return ", ".join(parts) + f" ({folder.name})"
 
 
 def has_mmproj(folder: Path) -> bool:

@@ -7,7 +7,8 @@ tokenizer and chat template embedded); for each other name in --quant, model-<qu
 from it by llama.cpp's quantizer (llama-cpp-python's `llama_model_quantize`; tensors whose width is
 not a multiple of the quantization block fall back to a type that fits, as llama.cpp decides);
 mmproj-f16.gguf, the vision tower + projector that llama.cpp's mtmd loads (export/gguf_vision.py;
-f32 when only f32 is asked for, q8_0 with --mmproj-type q8_0); the processor files and generation_config.json, so the runner
+f32 when only f32 is asked for, q8_0 when every --quant is quantized or with --mmproj-type q8_0);
+the processor files and generation_config.json, so the runner
 (export/gguf_runner.py) builds the same chat text as PyTorch; and manifest.json. The folder is
 staged and renamed when complete.
 
@@ -120,7 +121,7 @@ def export_gguf(
     base = "f32" if "f32" in quants else "f16"  # the file the quantizer starts from
     files = {}
     with staged_directory(out) as staging:
-        vision_type = mmproj_type or base
+        vision_type = mmproj_type or default_mmproj_type(quants)
         mmproj = write_mmproj(model, processor, staging / f"mmproj-{vision_type}.gguf", vision_type)
         processor.save_pretrained(staging)
         model.generation_config.save_pretrained(staging)
@@ -142,6 +143,17 @@ def export_gguf(
         files_by_name = {name: path.name for name, path in files.items()}
         write_manifest(staging, model_dir, files_by_name, mmproj.name, difference, embedding_type)
     return files
+
+
+def default_mmproj_type(quants: list[str]) -> str:
+    """The vision file's precision when --mmproj-type is not given: beside a float language-model file,
+    f16 (f32 where f32 alone is asked for); when every language-model file asked for is quantized, q8_0.
+    An export for the edge then carries no 16-bit vision tower next to a 4-bit LM (SigLIP-so400m's is
+    792 MiB in f16, 542 in q8_0, beside Qwen2-0.5B's 377 MiB in q4_k_m); its image embeddings are still
+    checked against transformers before anything is written."""
+    if not set(quants) & {"f32", "f16"}:
+        return "q8_0"
+    return "f32" if "f32" in quants else "f16"
 
 
 def write_manifest(
@@ -223,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mmproj-type",
         choices=MMPROJ_TYPES,
-        help="the vision file's matrices (default: f16; f32 when only f32 is asked for; q8_0 halves it again)",
+        help="the vision file's matrices (default: f16 beside a float language-model file, f32 when only f32 "
+        "is asked for; q8_0 when every --quant is quantized)",
     )
     parser.add_argument(
         "--embedding-type",

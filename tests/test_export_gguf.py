@@ -18,7 +18,7 @@ import torch
 from eval.backends import TorchBackend
 from export.__main__ import main
 from export.check import torch_greedy, torch_prompt_logits
-from export.gguf_export import export_gguf, image_features
+from export.gguf_export import default_mmproj_type, export_gguf, image_features
 from export.gguf_runner import GgufLlava
 from export.onnx_export import ExportError
 from tests.conftest import save_lively_model
@@ -65,11 +65,15 @@ def test_mmproj_image_embeddings_equal_get_image_features(shapes, tokenizer, tmp
         assert np.abs(embeddings - reference).max() < 1e-2 * scale  # f16 weights, f16 rounding
 
 
-def test_q8_0_mmproj_is_smaller_and_still_verified(student_dir, tmp_path, capsys):
-    args = ["gguf", "--model", str(student_dir), "--quant", "q8_0", "--mmproj-type"]
-    assert main([*args, "q8_0", "--out", str(tmp_path / "q8")]) == 0
-    assert main([*args, "f16", "--out", str(tmp_path / "f16")]) == 0
+def test_q8_0_mmproj_is_smaller_still_verified_and_the_default_beside_quantized_files_only(
+    student_dir, tmp_path, capsys
+):
+    args = ["gguf", "--model", str(student_dir), "--quant", "q8_0"]
+    assert main([*args, "--out", str(tmp_path / "q8")]) == 0  # every file quantized: q8_0 vision
+    assert main([*args, "--mmproj-type", "f16", "--out", str(tmp_path / "f16")]) == 0
     assert "mmproj-q8_0.gguf" in capsys.readouterr().out
+    assert default_mmproj_type(["q4_k_m", "q8_0"]) == "q8_0"
+    assert default_mmproj_type(["f16", "q4_k_m"]) == "f16" and default_mmproj_type(["f32", "q8_0"]) == "f32"
     manifest = json.loads((tmp_path / "q8" / "manifest.json").read_text())
     assert manifest["vision"] == "mmproj-q8_0.gguf" and 0 < manifest["vision_relative_error"] < 0.05
     reader = gguf.GGUFReader(str(tmp_path / "q8" / "mmproj-q8_0.gguf"))
@@ -106,7 +110,7 @@ def test_embedding_type_quantizes_the_token_embeddings_and_the_bench_names_it(
     assert len(runner.generate([None], ["red"], 4, ignore_eos=True)[0]) == 4
     bench = ["bench", "--model", str(student_dir), "--export", str(tmp_path / "q4emb")]
     assert main([*bench, "--data", str(shapes / "test.json"), "--new-tokens", "2", "--repeats", "1"]) == 0
-    assert "| gguf q4_k_m, embeddings q4_0 (q4emb) |" in capsys.readouterr().out
+    assert "| gguf q4_k_m, embeddings q4_0, vision q8_0 (q4emb) |" in capsys.readouterr().out
     with pytest.raises(ExportError, match="applies to quantized files"):
         export_gguf(student_dir, tmp_path / "bad", ["f16"], embedding_type="q4_0")
     with pytest.raises(ExportError, match="unknown embedding type 'q3'"):
