@@ -202,6 +202,7 @@ def run_worker(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
 
 def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
     """(row name, kind, path) for each export folder: one row per ONNX export, one per GGUF file."""
+    from export.gguf_runner import gguf_file_label
     from export.onnx_export import label
 
     rows = []
@@ -212,25 +213,12 @@ def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format") == "llava-gguf":
             rows += [
-                (gguf_row_name(name, folder, manifest), f"gguf:{name}", folder) for name in manifest["files"]
+                (gguf_file_label(name, folder, manifest), f"gguf:{name}", folder)
+                for name in manifest["files"]
             ]
         else:
             rows.append((f"onnx {label(manifest)} ({folder.name})", "onnx", folder))
     return rows
-
-
-def gguf_row_name(name: str, folder: Path, manifest: dict[str, Any]) -> str:
-    """ "gguf q4_k_m (folder)", naming the token-embedding type where it was chosen and the vision file's
-    type where it is not f16: "gguf q4_k_m, embeddings q4_0, vision q8_0 (folder)"."""
-    parts = [f"gguf {name}"]
-    embeddings = manifest.get("embedding_type")
-    if embeddings and name not in ("f32", "f16"):
-        parts.append(f"embeddings {embeddings}")
-    vision = manifest.get("vision") or ""
-    vision_type = vision.removeprefix("mmproj-").removesuffix(".gguf")
-    if vision and vision_type != "f16":
-        parts.append(f"vision {vision_type}")
-    return ", ".join(parts) + f" ({folder.name})"
 
 
 def has_mmproj(folder: Path) -> bool:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from distill.heldout import FAMILIES, _prompt, generate_answers, score, select
 from distill.modeling import load_llava
 from distill.records import read_records
-from export.gguf_runner import GgufLlava, read_gguf_manifest
+from export.gguf_runner import GgufLlava, gguf_file_label, read_gguf_manifest
 from export.onnx_export import ExportError, label, source_hash
 from export.onnx_runner import OnnxLlava
 
@@ -39,7 +39,7 @@ def runners(path: Path) -> list[tuple[str, Any]]:
     if manifest.get("format") == "llava-gguf":
         read_gguf_manifest(path)
         return [
-            (f"gguf {name} ({path.name})", lambda name=name: GgufLlava(path, name))
+            (gguf_file_label(name, path, manifest), lambda name=name: GgufLlava(path, name))
             for name in manifest["files"]
         ]
     return [(f"onnx {label(manifest) if manifest else None} ({path.name})", lambda: OnnxLlava(path))]

@@ -48,6 +48,20 @@ def read_gguf_manifest(export_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def gguf_file_label(name: str, folder: Path, manifest: dict[str, Any]) -> str:
+    """ "gguf q4_k_m (folder)", naming the token-embedding type where it was chosen and the vision file's
+    type where it is not f16: "gguf q4_k_m, embeddings q4_0, vision q8_0 (folder)"."""
+    parts = [f"gguf {name}"]
+    embeddings = manifest.get("embedding_type")
+    if embeddings and name not in ("f32", "f16"):
+        parts.append(f"embeddings {embeddings}")
+    vision = manifest.get("vision") or ""
+    vision_type = vision.removeprefix("mmproj-").removesuffix(".gguf")
+    if vision and vision_type != "f16":
+        parts.append(f"vision {vision_type}")
+    return ", ".join(parts) + f" ({folder.name})"
+
+
 def end_of_sequence_ids(export_dir: Path) -> set[int]:
     """generation_config.json's eos_token_id (one id or a list), read without transformers."""
     config_file = export_dir / "generation_config.json"
