@@ -94,7 +94,8 @@ class LlamaCppChatText:
             template, eos_token=tokens.pop("eos_token", ""), bos_token=tokens.pop("bos_token", "")
         )
         self.other_tokens = tokens
-        self._image_tokens: int | None = None
+        # counted once here, before any request: mtmd's tokenizer then never runs beside a decode
+        self._image_tokens = runner.image_token_count() if runner.mtmd is not None else None
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.formatter(messages=messages, **self.other_tokens).prompt
@@ -108,5 +109,5 @@ class LlamaCppChatText:
     def image_tokens(self) -> int:
         """What llama.cpp's mtmd makes of one image (the mmproj resizes every image alike)."""
         if self._image_tokens is None:
-            self._image_tokens = self.runner.image_token_count()
+            return self.runner.image_token_count()  # raises: the export has no mmproj
         return self._image_tokens
