@@ -1,6 +1,6 @@
 """A GGUF export served without PyTorch or transformers: its chat template, token counts and text agree
 with the processor's, and the app answers an image question in a process where both are unimportable
-(the demo's examples are read there too)."""
+(the Gradio demo is built there too, its examples read)."""
 
 import json
 import shutil
@@ -105,9 +105,11 @@ def test_a_gguf_export_is_served_with_torch_and_transformers_unimportable(gguf_e
             "/v1/chat/completions",
             json={{"model": engine.name, "messages": [{{"role": "user", "content": content}}], "max_tokens": 8}},
         )
-        from demo.app import synthetic_examples  # the demo's examples need no training pipeline either
+        from demo.app import build_demo, synthetic_examples  # the Gradio demo on the same engine
+        from demo.chat import LocalChat
 
         examples = synthetic_examples(Path({str(shapes / "test.json")!r}))
+        build_demo(LocalChat(engine), examples)
         print(json.dumps({{"status": reply.status_code, "body": reply.json(), "examples": len(examples),
                           "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}}))
         """
