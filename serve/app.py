@@ -80,10 +80,11 @@ class Delivery:
     """The text pieces of one streamed completion, handed from the engine thread to the event loop
     that writes the reply. Made on that loop; `send` may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_cancel: Callable[[], None] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.on_cancel = on_cancel  # called once when the job skips or stops because the client left
 
     def send(self, kind: str, value: Any) -> None:
         if not self.loop.is_closed():
@@ -92,11 +93,15 @@ class Delivery:
     def produce(self, completion: Completion) -> None:
         """The engine job: run the completion unless the client has already left, stop when it leaves."""
         try:
-            if not self.cancelled.is_set():
+            left = self.cancelled.is_set()
+            if not left:
                 for text in completion:
                     self.send("text", text)
                     if self.cancelled.is_set():
+                        left = True
                         break
+            if left and self.on_cancel is not None:
+                self.on_cancel()
             self.send("end", None)
         except Exception as error:  # reported in the stream by the reader
             self.send("error", error)
@@ -239,7 +244,7 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
         except ValidationError as error:
             raise ApiError(400, describe(error.errors(include_url=False))) from None
         place = gate.admit()  # 429 before any image is decoded
-        delivery = Delivery() if chat_request.stream else None
+        delivery = Delivery(metrics.cancelled) if chat_request.stream else None
         try:
             completion, job = await start(engine, settings, chat_request, gate, place, delivery, started)
         except BaseException:

@@ -2,6 +2,7 @@
 
 metrics.completed(completion)     # a finished chat completion: counts, TTFT, tokens, decode speed
 metrics.error(429)                # a refused or failed request
+metrics.cancelled()               # a stream the client left: its generation stopped or never ran
 metrics.render()                  # the text GET /metrics returns
 """
 
@@ -19,6 +20,11 @@ class Metrics:
         self.requests = Counter("serve_requests_total", "finished chat completions", registry=self.registry)
         self.errors = Counter(
             "serve_errors_total", "refused or failed requests", ["status"], registry=self.registry
+        )
+        self.cancellations = Counter(
+            "serve_cancelled_total",
+            "streamed completions stopped or skipped because the client left",
+            registry=self.registry,
         )
         self.ttft = Histogram(
             "serve_ttft_seconds",
@@ -47,6 +53,9 @@ class Metrics:
         if timings["tokens_per_s"] is not None:
             self.speed.observe(timings["tokens_per_s"])
         self.tokens.observe(completion.completion_tokens)
+
+    def cancelled(self) -> None:
+        self.cancellations.inc()
 
     def error(self, status: int) -> None:
         self.errors.labels(status=str(status)).inc()

@@ -321,12 +321,12 @@ def test_a_stream_never_started_skips_its_job_and_frees_its_place(engine, pictur
     prompt = engine.prompt([{"role": "user", "content": f"<image>\n{QUESTION}"}], [picture])
     completion = Completion(engine, prompt, Sampler(0.0), 4, [], 0.0)
 
+    metrics = Metrics()
+
     async def never_started() -> None:
-        delivery = Delivery()
+        delivery = Delivery(metrics.cancelled)
         gate.submit(gate.admit(), lambda: delivery.produce(completion))
-        events = cancelled_on_collection(
-            stream_events(completion, delivery, Metrics(), "id", 0, "m"), delivery
-        )
+        events = cancelled_on_collection(stream_events(completion, delivery, metrics, "id", 0, "m"), delivery)
         del events
         gc.collect()
         assert delivery.cancelled.is_set()
@@ -336,6 +336,43 @@ def test_a_stream_never_started_skips_its_job_and_frees_its_place(engine, pictur
     running.set()
     gate.executor.submit(lambda: None).result(timeout=30)
     assert gate.admitted == 0 and completion.completion_tokens == 0
+    assert "serve_cancelled_total 1.0" in metrics.render()
+
+
+def test_a_client_leaving_mid_stream_stops_the_generation_and_is_counted(engine, picture):
+    import asyncio
+    import threading
+
+    from serve.app import Delivery
+    from serve.generation import Completion
+    from serve.metrics import Metrics
+
+    prompt = engine.prompt([{"role": "user", "content": f"<image>\n{QUESTION}"}], [picture])
+    metrics, finished = Metrics(), Metrics()
+    ignore_eos = set(engine.eos_ids)
+    engine.eos_ids = set()  # every completion runs its full length unless stopped
+    try:
+
+        async def read(on_cancel, completion, pieces):
+            delivery = Delivery(on_cancel)  # made on the loop that reads it
+            job = threading.Thread(target=delivery.produce, args=(completion,))
+            job.start()
+            stream = delivery.pieces()
+            async for _ in stream:
+                pieces -= 1
+                if pieces == 0:
+                    break
+            await stream.aclose()  # the reply's writer stops reading: the client went away
+            await asyncio.to_thread(job.join, 30)
+
+        left = Completion(engine, prompt, Sampler(0.0), 64, [], 0.0)
+        asyncio.run(read(metrics.cancelled, left, 2))
+        whole = Completion(engine, prompt, Sampler(0.0), 8, [], 0.0)
+        asyncio.run(read(finished.cancelled, whole, -1))  # read to the end
+    finally:
+        engine.eos_ids = ignore_eos
+    assert left.completion_tokens < 64 and "serve_cancelled_total 1.0" in metrics.render()
+    assert whole.completion_tokens == 8 and "serve_cancelled_total 0.0" in finished.render()
 
 
 def test_a_bad_request_is_refused_at_once_behind_a_busy_engine_and_frees_its_place(engine, picture):
