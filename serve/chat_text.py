@@ -3,7 +3,7 @@
     chat = TransformersChatText(processor)          # the checkpoint's processor (torch, ONNX engines)
     chat = LlamaCppChatText(runner, export_dir)     # a GGUF export: llama.cpp's vocabulary, no transformers
     text = chat.render([{"role": "user", "content": "<image>\\nWhat is it?"}])
-    chat.count(text), chat.decode(ids)
+    chat.encode(text), chat.decode(ids), chat.image_tokens()
 
 Both render the checkpoint's own chat template the way transformers does: the llama.cpp one through
 llama-cpp-python's `Jinja2ChatFormatter` (jinja2's sandbox with transformers' settings and
