@@ -2,6 +2,7 @@
 
     python -m distill quickstart                 # the whole tiny default: data, teacher, students, table
     python -m distill synth --out data/shapes    # the synthetic dataset
+    python -m distill pretrain-vision            # the tiny teacher's pretrained vision tower
     python -m distill train CONFIG.yaml [k=v]    # one training stage
     python -m distill build-student ...          # vision encoder + LLM + fresh projector -> one checkpoint
     python -m distill random-student --out DIR   # a random-weight 0.5B-shaped student (speed, memory)
@@ -25,6 +26,10 @@ from distill.command_line import run_command, subcommand_parser
 COMMANDS = {
     "quickstart": ("distill.quickstart", "run the tiny default end to end (no downloads, CPU is enough)"),
     "synth": ("distill.synth.make", "write the synthetic shapes dataset, benchmark files and tokenizer"),
+    "pretrain-vision": (
+        "distill.pretrain_vision",
+        "pretrain the tiny default's vision tower on the shapes world's scenes",
+    ),
     "train": ("distill.train", "train one stage from a YAML config with dotted overrides"),
     "build-student": ("distill.build_student", "assemble a student from a vision encoder and an LLM"),
     "random-student": (

@@ -16,11 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -30,33 +27,9 @@ from transformers import (
 
 from distill.modeling import DTYPES, ModelFormatError, generation_config_for, save_llava
 from distill.tokenizer import CHATML_TEMPLATE, IMAGE_TOKEN
+from distill.vision_encoders import load_vision_tower, vision_config_of
 
-VISION_TYPES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model"}
 TEXT_TYPES = ("qwen2", "qwen3", "llama")
-
-
-def vision_config_of(path: str | Path) -> Any:
-    """The vision part of a SigLIP/CLIP checkpoint's config (vision-only or dual encoder)."""
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    vision = getattr(config, "vision_config", config)
-    if vision.model_type not in VISION_TYPES.values():
-        raise ModelFormatError(f"{path}: vision encoder '{config.model_type}' is not SigLIP or CLIP")
-    return vision
-
-
-def load_vision_tower(path: str | Path, vision_config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Vision weights keyed as LlavaModel's vision tower (AutoModel of the vision config) keys them."""
-    model = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
-    if hasattr(model.config, "vision_config"):  # a dual encoder: take its vision half
-        model = model.vision_model
-    expected = set(AutoModel.from_config(vision_config).state_dict())
-    weights = model.state_dict()
-    if set(weights) != expected:
-        missing = sorted(expected - set(weights))[:3]
-        raise ModelFormatError(
-            f"{path}: vision weights do not match a {vision_config.model_type} tower (missing: {missing})"
-        )
-    return weights
 
 
 def prepare_tokenizer(path: str | Path) -> Any:

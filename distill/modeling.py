@@ -48,17 +48,20 @@ class ModelFormatError(ValueError):
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
+def build_image_processor(image_size: int, clip: bool = False) -> SiglipImageProcessorPil:
+    """Square resize and normalisation: SigLIP's [-1, 1], or CLIP's mean and std."""
+    mean, std = (CLIP_MEAN, CLIP_STD) if clip else ([0.5] * 3, [0.5] * 3)
+    return SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
+    )
+
+
 def build_processor(
     tokenizer: Any, image_size: int, patch_size: int, strategy: str = "full", clip: bool = False
 ) -> LlavaProcessor:
-    """Square resize and normalisation (SigLIP's [-1, 1], or CLIP's mean and std with its class token
-    counted) + the tokenizer and its chat template."""
-    mean, std = (CLIP_MEAN, CLIP_STD) if clip else ([0.5] * 3, [0.5] * 3)
-    image_processor = SiglipImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
-    )
+    """`build_image_processor`'s images (CLIP's class token counted) + the tokenizer and its chat template."""
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=build_image_processor(image_size, clip),
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy=strategy,
@@ -79,12 +82,9 @@ def generation_config_for(tokenizer: Any) -> GenerationConfig:
     return GenerationConfig(eos_token_id=stops, pad_token_id=pad, do_sample=False, max_new_tokens=128)
 
 
-def build_llava(
-    arch: ArchConfig, tokenizer: Any, attn_implementation: str = "sdpa"
-) -> tuple[Any, LlavaProcessor]:
-    """A freshly initialised LLaVA of the given shape, with a processor around `tokenizer`."""
+def build_vision_config(arch: ArchConfig) -> SiglipVisionConfig | CLIPVisionConfig:
     clip = arch.vision_model_type == "clip"
-    vision = (CLIPVisionConfig if clip else SiglipVisionConfig)(
+    return (CLIPVisionConfig if clip else SiglipVisionConfig)(
         hidden_size=arch.vision_hidden_size,
         intermediate_size=arch.vision_intermediate_size,
         num_hidden_layers=arch.vision_layers,
@@ -92,6 +92,20 @@ def build_llava(
         image_size=arch.image_size,
         patch_size=arch.patch_size,
     )
+
+
+def vision_feature_choice(arch: ArchConfig) -> tuple[int, str]:
+    """The tower layer LLaVA reads and which of its tokens: SigLIP's last layer, every patch;
+    CLIP's second-to-last, class token dropped (LLaVA-1.5)."""
+    return (-2, "default") if arch.vision_model_type == "clip" else (-1, "full")
+
+
+def build_llava(
+    arch: ArchConfig, tokenizer: Any, attn_implementation: str = "sdpa"
+) -> tuple[Any, LlavaProcessor]:
+    """A freshly initialised LLaVA of the given shape, with a processor around `tokenizer`."""
+    clip = arch.vision_model_type == "clip"
+    vision = build_vision_config(arch)
     if 0 < arch.vocab_size < len(tokenizer):
         raise ModelFormatError(
             f"model.arch.vocab_size ({arch.vocab_size}) is smaller than the tokenizer ({len(tokenizer)} tokens)"
@@ -124,8 +138,8 @@ def build_llava(
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="default" if clip else "full",  # LLaVA-1.5: CLS dropped, layer -2
-        vision_feature_layer=-2 if clip else -1,
+        vision_feature_select_strategy=vision_feature_choice(arch)[1],
+        vision_feature_layer=vision_feature_choice(arch)[0],
         image_seq_length=n_tokens,
         tie_word_embeddings=arch.tie_word_embeddings,
     )
@@ -194,12 +208,17 @@ def load_llava(
 
 def save_llava(model: Any, processor: Any, out: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write weights + processor (+ extra text files) to a temporary folder, then rename it to `out`."""
+    return save_atomically([model, processor], out, extra)
+
+
+def save_atomically(parts: list[Any], out: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """`save_pretrained` of each part (+ extra text files) into a temporary folder, renamed to `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        for part in parts:
+            part.save_pretrained(staging)
         for name, text in (extra or {}).items():
             (staging / name).write_text(text)
         if out.exists():
@@ -256,16 +275,3 @@ def language_model_parameters(model: Any) -> int:
     params = {id(p): p for p in submodule(model, "language_model").parameters()}
     params.update({id(p): p for p in model.lm_head.parameters()})
     return sum(p.numel() for p in params.values())
-
-
-def copy_vision_tower(model: Any, source: str | Path) -> None:
-    """Initialise `model`'s vision tower from the LLaVA checkpoint at `source` (same shape required)."""
-    donor, _ = load_llava(source)
-    theirs = submodule(donor, "vision_tower").state_dict()
-    ours = submodule(model, "vision_tower").state_dict()
-    mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
-    if mismatched:
-        raise ModelFormatError(
-            f"{source}: vision tower does not match this model's (first differing weight: {mismatched[0]})"
-        )
-    submodule(model, "vision_tower").load_state_dict(theirs)

@@ -4,6 +4,8 @@
     python -m distill quickstart --launcher accelerate --accelerate-config configs/accelerate/zero2.yaml
 
 1. synth:    the synthetic shapes world (data/shapes), unless it is already there
+   vision:   the teacher's vision tower pretrained on the world's scenes    -> runs/tiny/vision/final
+             (`distill pretrain-vision`: the stand-in for a real LLaVA's pretrained SigLIP)
 2. teacher:  SFT of the tiny teacher (configs/tiny-teacher.yaml)           -> runs/tiny/teacher/final
 3. student:  vanilla KD from the teacher (configs/tiny-student-kd.yaml)    -> runs/tiny/student-kd/final
 4. baseline: the same student with SFT alone (configs/tiny-student-sft.yaml) -> runs/tiny/student-sft/final
@@ -32,6 +34,7 @@ from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
 from distill.irs import compute_irs, read_best_layer, write_irs
 from distill.launching import accelerate_train_command, run_launched
+from distill.pretrain_vision import pretrain_to
 from distill.run_config import RunConfig
 from distill.synth.make import synthesize
 from distill.train import FINAL_DIR, run_training
@@ -50,8 +53,8 @@ def stage_overrides(name: str, data: Path, out: Path, extra: list[str]) -> list[
         f"data.train_json={data / 'train.json'}",
         f"model.tokenizer={data / 'tokenizer'}",
     ]
-    if name != "teacher":
-        overrides.append(f"model.vision_init={out / 'teacher' / FINAL_DIR}")
+    tower_from = "vision" if name == "teacher" else "teacher"  # the students share the teacher's tower
+    overrides.append(f"model.vision_init={out / tower_from / FINAL_DIR}")
     if name == "student-kd":
         overrides.append(f"teacher.path={out / 'teacher' / FINAL_DIR}")
     return overrides + extra
@@ -81,9 +84,26 @@ def train_stage(name: str, config: Path, overrides: list[str], out: Path, args: 
     run_launched(command, name, ROOT)
 
 
+def vision_stage(out: Path, steps: int) -> None:
+    """The teacher's pretrained vision tower (`distill pretrain-vision`), unless it is already there."""
+    final = out / "vision" / FINAL_DIR
+    if final.is_dir():
+        print(f"== vision: already pretrained ({final}); delete it to pretrain again", flush=True)
+        return
+    print(
+        "== vision: pretraining the teacher's vision tower on the world's scenes (pretrain-vision)",
+        flush=True,
+    )
+    final, report = pretrain_to(ROOT / "configs" / "tiny-teacher.yaml", out / "vision", steps)
+    accuracy = ", ".join(f"{name} {100 * value:.0f}%" for name, value in report["held_out_accuracy"].items())
+    print(f"== vision: done in {report['seconds']:.0f} s; held-out scenes: {accuracy}", flush=True)
+
+
 def run_stages(args: argparse.Namespace) -> dict[str, Path]:
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
     forced = launcher_overrides(args.accelerate_config) if args.launcher == "accelerate" else []
+    if not (out / "teacher" / FINAL_DIR).is_dir():
+        vision_stage(out, args.vision_steps)
     finals = {}
     for name, config_name in STAGES:
         final = out / name / FINAL_DIR
@@ -115,6 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="answer at most this many questions of each benchmark file in the suite (smoke tests)",
+    )
+    parser.add_argument(
+        "--vision-steps",
+        type=int,
+        default=600,
+        help="steps of the vision tower's pretraining (default: %(default)s)",
     )
     parser.add_argument(
         "--launcher",

@@ -34,7 +34,6 @@ from distill.modeling import (
     DTYPES,
     build_llava,
     check_llava_dir,
-    copy_vision_tower,
     image_token_count,
     language_model_parameters,
     load_llava,
@@ -47,6 +46,7 @@ from distill.profiling import StepProfiler
 from distill.run_config import ModelConfig, RunConfig
 from distill.throughput import WARMUP_STEPS, StepTimer, describe
 from distill.trainer import RUN_CONFIG_NAME, STAGING_DIR, DistillTrainer
+from distill.vision_encoders import copy_vision_tower
 
 FINAL_DIR = "final"
 SUMMARY_NAME = "train_summary.json"

@@ -20,12 +20,18 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, capsys):
         "3",
         "--suite-limit",
         "4",
+        "--vision-steps",
+        "2",
         "--overrides",
         "train.max_steps=2",
         "train.save_steps=1",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert (
+        "== vision: done" in out
+        and (tmp_path / "runs" / "vision" / "final" / "pretrain_vision.json").is_file()
+    )
     for stage in ("teacher", "student-kd", "student-sft"):
         assert (tmp_path / "runs" / stage / "final" / "model.safetensors").is_file()
         assert f"== {stage}: done" in out
