@@ -89,3 +89,18 @@ def test_cli_refuses_a_config_without_an_arch(tmp_path, capsys):
     assert "model.arch is not set" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="at least 1"):
         pretrain_to(write_config(tmp_path / "a.yaml", TINY), tmp_path / "v", steps=0)
+
+
+def test_a_clip_tower_is_pretrained_on_the_tokens_llava_reads_and_initialises_a_clip_llava(
+    tmp_path, tokenizer
+):
+    clip = {**TINY, "vision_model_type": "clip"}
+    _, _, report = pretrain(ArchConfig(**clip), 2, 4, 1e-3, seed=0, eval_scenes=8)
+    assert set(report["held_out_accuracy"]) == set(LABEL_CLASSES)  # heads sized for 4 patches, CLS dropped
+    final, _ = pretrain_to(
+        write_config(tmp_path / "clip.yaml", clip), tmp_path / "vision", steps=1, batch_size=2
+    )
+    model, _ = make_model(tokenizer, vision_model_type="clip")
+    copy_vision_tower(model, final)
+    saved = load_file(final / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in model.model.vision_tower.state_dict().items())
