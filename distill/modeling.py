@@ -106,6 +106,7 @@ def build_llava(
     """A freshly initialised LLaVA of the given shape, with a processor around `tokenizer`."""
     clip = arch.vision_model_type == "clip"
     vision = build_vision_config(arch)
+    feature_layer, strategy = vision_feature_choice(arch)
     if 0 < arch.vocab_size < len(tokenizer):
         raise ModelFormatError(
             f"model.arch.vocab_size ({arch.vocab_size}) is smaller than the tokenizer ({len(tokenizer)} tokens)"
@@ -138,15 +139,14 @@ def build_llava(
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu",
-        vision_feature_select_strategy=vision_feature_choice(arch)[1],
-        vision_feature_layer=vision_feature_choice(arch)[0],
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=feature_layer,
         image_seq_length=n_tokens,
         tie_word_embeddings=arch.tie_word_embeddings,
     )
     config._attn_implementation = attn_implementation
     model = LlavaForConditionalGeneration(config)
     model.generation_config = generation_config_for(tokenizer)
-    strategy = config.vision_feature_select_strategy
     return model, build_processor(tokenizer, arch.image_size, arch.patch_size, strategy, clip)
 
 

@@ -38,8 +38,11 @@ from distill.modeling import (
 from distill.run_config import ArchConfig, RunConfig
 from distill.synth.scene_labels import LABEL_CLASSES, scene_labels
 from distill.synth.world import render, sample_scene
+from distill.train import FINAL_DIR
 
-FINAL_DIR = "final"
+DEFAULT_STEPS = 600  # every head at 97-100% on held-out scenes by step 250 (docs/tiny-world.md)
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_LEARNING_RATE = 2e-3
 REPORT_NAME = "pretrain_vision.json"
 EVAL_SEED_OFFSET = 1_000_003  # the held-out scenes come from a stream of their own
 
@@ -135,10 +138,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="runs/tiny/vision",
         help="run folder; the tower goes to OUT/final (default: %(default)s)",
     )
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="scenes per step (default: %(default)s)")
     parser.add_argument(
-        "--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: %(default)s)"
+        "--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="scenes per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LEARNING_RATE,
+        help="peak AdamW learning rate (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the scenes and the initialisation")
 
@@ -146,9 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def pretrain_to(
     config: str | Path,
     out: str | Path,
-    steps: int,
-    batch_size: int = 128,
-    learning_rate: float = 2e-3,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
 ) -> tuple[Path, dict[str, Any]]:
     """Pretrain a tower of `config`'s model.arch and save it (with its report) to OUT/final."""

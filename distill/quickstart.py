@@ -34,6 +34,7 @@ from distill.configuration import load_config
 from distill.heldout import evaluate_model, format_table
 from distill.irs import compute_irs, read_best_layer, write_irs
 from distill.launching import accelerate_train_command, run_launched
+from distill.pretrain_vision import DEFAULT_STEPS as VISION_STEPS
 from distill.pretrain_vision import pretrain_to
 from distill.run_config import RunConfig
 from distill.synth.make import synthesize
@@ -139,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vision-steps",
         type=int,
-        default=600,
+        default=VISION_STEPS,
         help="steps of the vision tower's pretraining (default: %(default)s)",
     )
     parser.add_argument(
