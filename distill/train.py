@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from distill.configuration import ConfigError, load_config, read_yaml, save_config, to_dict
 from distill.data import LlavaDataset, ModelView, PaddingCollator
+from distill.float32_attention import use_float32_attention
 from distill.fused_losses import require_fused_kernel
 from distill.hidden_alignment import layer_pairs
 from distill.irs import read_best_layer
@@ -145,7 +146,19 @@ def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[
 def use_bf16(setting: bool | str) -> bool:
     if setting == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        print(
+            "warning: train.bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): its bf16 matrix "
+            "products are emulated and slower than float32 here; train.bf16=false trains in float32"
+        )
     return bool(setting)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), where bf16 autocast
+    makes CPU training faster (README, "Train": the tiny teacher's step with and without)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def deepspeed_config(cfg: RunConfig) -> str | None:
@@ -225,6 +238,10 @@ def setup(cfg: RunConfig) -> Setup:
     loaded = load_teacher(cfg, model, processor)
     teacher, teacher_processor, pair = loaded if loaded else (None, None, None)
     counts = set_trainable(model, cfg.train.train_modules)
+    if cfg.train.bf16 is True and not torch.cuda.is_available():
+        for each in (model, teacher):  # CPU bf16 attention is the slow kernel: distill/float32_attention.py
+            if each is not None:
+                use_float32_attention(each)
     views = {
         "student": ModelView.from_processor(processor, image_token_count(model.config), cfg.data.max_length)
     }
