@@ -1,14 +1,16 @@
 """SDPA in float32 under CPU bf16 autocast: the LLM's attention of a run trained with `train.bf16=true`
 on a CPU.
 
-    python -m distill train configs/tiny-teacher.yaml      # bf16: true; the attention stays float32
+    python -m distill train configs/tiny-teacher.yaml train.bf16=true   # the attention stays float32
 
-Autocast runs PyTorch's SDPA in bf16, and on a CPU its bf16 kernel is the slower one: forward and
-backward of the tiny teacher's attention take about 1.5x their float32 time, while the matrix
-products around it run about 2.5x faster in bf16. So a CPU run in bf16 gives the LLM's layers this
-attention function ("sdpa_float32"): the same call as transformers' "sdpa", with queries, keys and
-values cast to float32 and autocast off inside it, and the output cast back. The vision tower keeps
-its own attention (a frozen tower runs forward only). Nothing of it is saved with the checkpoint.
+Autocast runs PyTorch's SDPA in bf16, and on a CPU its bf16 kernel is the slower one (on the Zen 4
+VM the kit is developed on, SDPA's forward and backward took about 1.5x their float32 time in a
+one-off measurement, while bf16 matrix products ran 2.3-3x faster than float32 ones). So a CPU run
+in bf16 gives the LLM's layers this attention function ("sdpa_float32"): the same call as
+transformers' "sdpa", with queries, keys and values cast to float32 and autocast off inside it, and
+the output cast back. The vision tower keeps its own attention (a frozen tower runs forward only).
+Nothing of it is saved with the checkpoint. What it gives the tiny teacher's step:
+docs/tiny-world.md, "bf16 on a CPU".
 """
 
 from __future__ import annotations

@@ -220,7 +220,8 @@ class TrainConfig:
     decay_ratio: float = 0.2  # warmup_stable_decay: share of steps of the final (cosine) decay
     max_grad_norm: float = 1.0  # gradient clipping
     # bf16 autocast (fp32 master weights); auto: on a GPU that supports it, fp32 elsewhere. true on a CPU
-    # with AVX512-BF16 or AMX makes its matrix products about 2.5x faster (configs/tiny-teacher.yaml)
+    # with AVX512-BF16 or AMX: its matrix products run faster, the LLM's attention stays float32
+    # (distill/float32_attention.py; docs/tiny-world.md, "bf16 on a CPU")
     bf16: bool | Literal["auto"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     seed: int = 0  # seeds data order, dropout and initialisation

@@ -156,7 +156,7 @@ def use_bf16(setting: bool | str) -> bool:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), where bf16 autocast
-    makes CPU training faster (README, "Train": the tiny teacher's step with and without)."""
+    makes CPU training faster (docs/tiny-world.md, "bf16 on a CPU")."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
