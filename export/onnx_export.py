@@ -130,21 +130,26 @@ def export_decoder(model: Any, out: Path) -> None:
 
 
 def quantize_decoder(path: Path, quant: str) -> None:
-    """Replace the decoder graph by its int8 (dynamic) or int4 (MatMulNBits) version."""
+    """Replace the decoder graph by its int8 (dynamic) or int4 (MatMulNBits) version, its weights in an
+    external-data file beside it (as the fp16 graphs keep theirs): a protobuf holds at most 2 GiB, less
+    than a 7B decoder's int4 weights."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantized = path.with_name(path.stem + ".quant.onnx")
     if quant == "int8":
-        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, use_external_data_format=True)
+        graph = onnx.load(str(quantized))
     else:
-        quantizer = MatMulNBitsQuantizer(onnx.load(path), bits=4, block_size=INT4_BLOCK, is_symmetric=True)
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(path)), bits=4, block_size=INT4_BLOCK, is_symmetric=True
+        )
         quantizer.process()
-        quantizer.model.save_model_to_file(str(quantized), use_external_data_format=False)
-    for leftover in path.parent.glob(path.name + "*"):  # the graph and any external-data file beside it
-        leftover.unlink()
-    quantized.rename(path)
+        graph = quantizer.model.model
+    for leftover in [*path.parent.glob(path.name + "*"), *path.parent.glob(quantized.name + "*")]:
+        leftover.unlink()  # the graphs and any external-data files beside them; `graph` holds the weights
+    onnx.save(graph, str(path), save_as_external_data=True, location=path.name + ".data")
 
 
 def manifest(model: Any, model_dir: Path, quant: str) -> dict[str, Any]:

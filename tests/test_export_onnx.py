@@ -76,7 +76,9 @@ def test_quantized_decoders_load_and_generate(shapes, tokenizer, tmp_path, capsy
         runner = OnnxLlava(tmp_path / quant)
         assert runner.manifest["quantization"] == quant
         assert all(len(t) == 6 for t in runner.generate(images, texts, 6, ignore_eos=True))
-        sizes[quant] = (tmp_path / quant / "decoder_model_merged.onnx").stat().st_size
+        assert (tmp_path / quant / "decoder_model_merged.onnx.data").is_file()  # weights beside the graph
+        assert not list((tmp_path / quant).glob("*quant*"))  # no intermediate file left
+        sizes[quant] = sum(p.stat().st_size for p in runner.weight_files() if p.name.startswith("decoder"))
     assert "int8" in capsys.readouterr().out
     assert sizes["int4"] < sizes["int8"]
 
