@@ -254,7 +254,9 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             raise
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if delivery is not None:
-            events = stream_events(completion, delivery, metrics, reply_id, created, engine.name)
+            events = stream_events(
+                completion, delivery, metrics, reply_id, created, engine.name, chat_request.usage_chunk()
+            )
             return StreamingResponse(
                 cancelled_on_collection(events, delivery),
                 media_type="text/event-stream",
@@ -413,18 +415,21 @@ async def stream_events(
     reply_id: str,
     created: int,
     model: str,
+    usage_chunk: bool = False,
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text (the first carries the role and goes out with the
     first token, its content "" when nothing is visible yet), a last chunk with the finish reason, usage
-    and timings, then [DONE]."""
+    and timings, then [DONE]. With `usage_chunk` (stream_options.include_usage) the usage comes as
+    OpenAI sends it: null in every chunk, then one more chunk with no choices and the usage."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
         body = {
             "id": reply_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **({"usage": None} if usage_chunk else {}),
             **extra,
         }
         return f"data: {json.dumps(body)}\n\n"
@@ -434,7 +439,11 @@ async def stream_events(
         async for text in delivery.pieces():
             yield chunk({"role": "assistant", "content": text} if first else {"content": text})
             first = False
-        yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
+        if usage_chunk:
+            yield chunk({}, completion.finish_reason, timings=completion.timings())
+            yield chunk(None, usage=completion.usage())
+        else:
+            yield chunk({}, completion.finish_reason, usage=completion.usage(), timings=completion.timings())
         metrics.completed(completion)
         yield "data: [DONE]\n\n"
     except Exception as error:  # the status line is gone: report in the stream, then end it

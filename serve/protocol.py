@@ -24,6 +24,10 @@ class ResponseFormat(BaseModel):
     type: Literal["text"]
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # a last chunk with no choices and the usage, as OpenAI sends it
+
+
 class ImageUrl(BaseModel):
     url: str = Field(min_length=1)
     detail: str | None = None
@@ -52,6 +56,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = Field(None, max_length=MAX_STOPS)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     # accepted only at the values that change nothing: the server has no other behaviour for them
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     logprobs: Literal[False] | None = None
@@ -70,6 +75,9 @@ class ChatRequest(BaseModel):
     def sampling_seed(self) -> int | None:
         """numpy's generators take non-negative seeds; OpenAI's are any 64-bit integer."""
         return None if self.seed is None else self.seed % 2**64
+
+    def usage_chunk(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
