@@ -144,29 +144,25 @@ def test_the_official_openai_client_works_unchanged(engine, picture):
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.completion_tokens >= 1 and reply.usage.prompt_tokens > 16
     assert reply.model_extra["timings"]["ttft_ms"] > 0
-    chunks = list(
-        client.chat.completions.create(
-            model=model.id,
-            messages=[image_message(data_url(picture))],
-            temperature=0,
-            max_tokens=6,
-            stream=True,
+
+    def stream(**options):
+        return list(
+            client.chat.completions.create(
+                model=model.id,
+                messages=[image_message(data_url(picture))],
+                temperature=0,
+                max_tokens=6,
+                stream=True,
+                **options,
+            )
         )
-    )
+
+    chunks = stream()
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed == reply.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
-    with_usage = list(
-        client.chat.completions.create(
-            model=model.id,
-            messages=[image_message(data_url(picture))],
-            temperature=0,
-            max_tokens=6,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    with_usage = stream(stream_options={"include_usage": True})
     assert [c.usage for c in with_usage[:-1]] == [None] * (len(with_usage) - 1)
     assert with_usage[-1].choices == [] and with_usage[-1].usage == reply.usage  # OpenAI's usage chunk
     assert "".join(c.choices[0].delta.content or "" for c in with_usage[:-1]) == streamed
