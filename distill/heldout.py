@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +77,12 @@ def generate_answers(
 
 def score(records: list[dict[str, Any]], answers: list[str]) -> dict[str, dict[str, float]]:
     """{family: {accuracy, chance, n}} plus an 'overall' row (mean over questions)."""
-    hits: dict[str, list[bool]] = defaultdict(list)
+    rows = tally(records, answers, lambda record: [record["family"], "overall"])
     chance: dict[str, list[float]] = defaultdict(list)
-    for record, answer in zip(records, answers):
+    for record in records:
         for family in (record["family"], "overall"):
-            hits[family].append(is_correct(record, answer))
             chance[family].append(1.0 / record["n_choices"] if record["n_choices"] else 0.0)
-    return {
-        family: {"accuracy": sum(h) / len(h), "chance": sum(chance[family]) / len(h), "n": len(h)}
-        for family, h in hits.items()
-    }
+    return {family: {**row, "chance": sum(chance[family]) / row["n"]} for family, row in rows.items()}
 
 
 def benchmark_group(record: dict[str, Any]) -> str | None:
@@ -99,12 +96,19 @@ def benchmark_group(record: dict[str, Any]) -> str | None:
 def score_by_benchmark(records: list[dict[str, Any]], answers: list[str]) -> dict[str, dict[str, float]]:
     """{"yes/no: pope random": {accuracy, n}, ...}: the yes/no and multiple-choice families split by
     the benchmark (and POPE or MME category) each question imitates."""
+    rows = tally(records, answers, lambda record: [group] if (group := benchmark_group(record)) else [])
+    return dict(sorted(rows.items()))
+
+
+def tally(
+    records: list[dict[str, Any]], answers: list[str], groups: Callable[[dict[str, Any]], list[str]]
+) -> dict[str, dict[str, float]]:
+    """{group: {accuracy, n}} over the groups each record belongs to (`groups(record)`)."""
     hits: dict[str, list[bool]] = defaultdict(list)
     for record, answer in zip(records, answers):
-        group = benchmark_group(record)
-        if group is not None:
+        for group in groups(record):
             hits[group].append(is_correct(record, answer))
-    return {group: {"accuracy": sum(h) / len(h), "n": len(h)} for group, h in sorted(hits.items())}
+    return {group: {"accuracy": sum(h) / len(h), "n": len(h)} for group, h in hits.items()}
 
 
 def select(records: list[dict[str, Any]], per_family: int | None) -> list[dict[str, Any]]:
