@@ -238,7 +238,8 @@ def setup(cfg: RunConfig) -> Setup:
     loaded = load_teacher(cfg, model, processor)
     teacher, teacher_processor, pair = loaded if loaded else (None, None, None)
     counts = set_trainable(model, cfg.train.train_modules)
-    if cfg.train.bf16 is True and not torch.cuda.is_available():
+    args = training_arguments(cfg)
+    if args.bf16 and not torch.cuda.is_available():
         for each in (model, teacher):  # CPU bf16 attention is the slow kernel: distill/float32_attention.py
             if each is not None:
                 use_float32_attention(each)
@@ -260,7 +261,7 @@ def setup(cfg: RunConfig) -> Setup:
     )
     trainer = DistillTrainer(
         model=model,
-        args=training_arguments(cfg),
+        args=args,
         train_dataset=dataset,
         data_collator=(
             PackingCollator(processor.tokenizer.pad_token_id)
