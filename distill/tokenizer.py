@@ -36,6 +36,16 @@ CHATML_TEMPLATE = (
 )
 
 
+CHAT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def chatml_turn_text(speaker: str, value: str) -> str:
+    """A LLaVA turn as the ChatML template writes it between `<|im_start|>` and `<|im_end|>`: the role
+    name, a newline, the text. Training on this text, not the bare turn, gives the role names their own
+    tokens ("assistant" was 8 tokens of every example otherwise)."""
+    return f"{CHAT_ROLES.get(speaker, speaker)}\n{value}"
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on `texts`; the result has the special tokens first (ids 0..3)."""
     tokenizer = Tokenizer(models.BPE())

@@ -64,6 +64,16 @@ def test_training_records_are_llava_format(shapes):
     assert any("image" not in r for r in records)  # text-only
 
 
+def test_the_chat_template_costs_few_tokens(tokenizer):
+    """The tokenizer learnt the ChatML role names: the template around a turn is a handful of tokens."""
+    assert len(tokenizer.tokenize("user")) == 1
+    assert len(tokenizer.tokenize("assistant")) == 1
+    messages = [{"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "Yes"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    bare = tokenizer("<image>\nWhat?")["input_ids"] + tokenizer("Yes")["input_ids"]
+    assert len(tokenizer(rendered)["input_ids"]) - len(bare) == 10  # im_start role \n ... im_end \n, twice
+
+
 def test_heldout_questions_cover_every_family_with_answers(shapes):
     records = json.loads((shapes / "test.json").read_text())
     families = Counter(r["family"] for r in records)

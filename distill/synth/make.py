@@ -35,7 +35,7 @@ from distill.synth.splits import (
     train_record,
 )
 from distill.synth.world import render, sample_scene
-from distill.tokenizer import train_tokenizer
+from distill.tokenizer import chatml_turn_text, train_tokenizer
 
 FORMAT_VERSION = 1
 GENERATOR_SOURCES = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parents[1] / "tokenizer.py"]
@@ -62,7 +62,7 @@ def _render_split(scenes, folder: Path, name: str) -> list[str]:
 def _conversation_texts(records: list[dict[str, Any]]):
     for record in records:
         for turn in record["conversations"]:
-            yield turn["value"]
+            yield chatml_turn_text(turn["from"], turn["value"])
 
 
 def _build(
