@@ -219,10 +219,10 @@ class TrainConfig:
     lr_scheduler: LrScheduler = "cosine"
     decay_ratio: float = 0.2  # warmup_stable_decay: share of steps of the final (cosine) decay
     max_grad_norm: float = 1.0  # gradient clipping
-    # bf16 autocast (fp32 master weights); auto: on a GPU that supports it, fp32 elsewhere. true on a CPU
-    # with AVX512-BF16 or AMX: its matrix products run faster, the LLM's attention stays float32
-    # (distill/float32_attention.py; docs/tiny-world.md, "bf16 on a CPU")
-    bf16: bool | Literal["auto"] = "auto"
+    # bf16 autocast (fp32 master weights); auto: on a GPU that supports it, fp32 elsewhere; native: also
+    # on a CPU with bf16 instructions (AVX512-BF16 or AMX), whose matrix products then run faster, the
+    # LLM's attention staying float32 (distill/float32_attention.py; docs/tiny-world.md, "bf16 on a CPU")
+    bf16: bool | Literal["auto", "native"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     seed: int = 0  # seeds data order, dropout and initialisation
     logging_steps: int = 10  # log the loss terms every N steps

@@ -121,7 +121,7 @@ def test_warmup_stable_decay_schedule_holds_the_peak_then_decays(tmp_path):
     assert rates[5] < 1.0 and rates[10:80] == [1.0] * 70 and rates[99] < 0.01
 
 
-def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_names_the_switch(monkeypatch, capsys):
+def test_bf16_on_a_cpu_warns_without_bf16_instructions_and_native_follows_them(monkeypatch, capsys):
     import torch
 
     from distill import train
@@ -133,3 +133,6 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_names_the_switch(monk
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
     assert train.use_bf16(True) is True and capsys.readouterr().out == ""
     assert train.use_bf16("auto") is False and train.use_bf16(False) is False
+    assert train.use_bf16("native") is True and capsys.readouterr().out == ""
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.use_bf16("native") is False and capsys.readouterr().out == ""
