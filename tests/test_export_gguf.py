@@ -184,7 +184,18 @@ def test_llama_cpp_python_chat_handler_answers_from_the_files(shapes, tokenizer,
         repeat_penalty=1.0,
         max_tokens=8,
     )
-    assert reply["choices"][0]["message"]["content"].strip() == runner.answer(images[:1], texts[:1], 8)[0]
+    content, expected = (
+        reply["choices"][0]["message"]["content"].strip(),
+        runner.answer(images[:1], texts[:1], 8)[0],
+    )
+    if expected.endswith("\ufffd"):
+        # the 8th token ends inside a UTF-8 character: llama-cpp-python then generates past max_tokens
+        # until the text ends in a whole one (Llama._create_completion's multibyte_fix) and drops bytes
+        # that never make one (errors="ignore"), where the runner's decode writes U+FFFD
+        longer = runner.answer(images[:1], texts[:1], 16)[0].replace("\ufffd", "")
+        assert content.startswith(expected.replace("\ufffd", "")) and longer.startswith(content)
+    else:
+        assert content == expected
 
 
 QUANTIZED_RUN = """
