@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from distill.conversation import ROLES
+
 # Qwen2's pre-tokenizer split (tokenizer.json of Qwen/Qwen2-0.5B); GGUF calls it "qwen2".
 QWEN2_PRETOKENIZER_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 END_OF_TEXT = "<|endoftext|>"
@@ -36,14 +38,11 @@ CHATML_TEMPLATE = (
 )
 
 
-CHAT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
-
-
 def chatml_turn_text(speaker: str, value: str) -> str:
     """A LLaVA turn as the ChatML template writes it between `<|im_start|>` and `<|im_end|>`: the role
     name, a newline, the text. Training on this text, not the bare turn, gives the role names their own
     tokens ("assistant" was 8 tokens of every example otherwise)."""
-    return f"{CHAT_ROLES.get(speaker, speaker)}\n{value}"
+    return f"{ROLES[speaker]}\n{value}"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:

@@ -145,12 +145,10 @@ def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[
 
 def use_bf16(setting: bool | str) -> bool:
     """train.bf16 for this machine: auto is a GPU with bf16; native is also a CPU with bf16 instructions."""
-    if setting in ("auto", "native") and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return False
-    if setting == "native":
-        return cpu_has_native_bf16()
+    if setting in ("auto", "native"):
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
+        return setting == "native" and cpu_has_native_bf16()
     if setting and not torch.cuda.is_available() and not cpu_has_native_bf16():
         print(
             "warning: train.bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): its bf16 matrix "
