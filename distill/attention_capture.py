@@ -8,9 +8,9 @@ For each captured layer the LLM's attention calls a registered attention functio
 ("sdpa_instruction_capture") that runs PyTorch SDPA exactly as transformers' "sdpa" does and,
 in addition, computes softmax(Q K^T * scaling + mask) for the instruction query rows only, from
 the query and key states the layer hands to attention: RoPE (and Qwen3's q/k norms) already
-applied, grouped key/value heads repeated as the model repeats them. Only [heads x instruction
-tokens x sequence] scores are ever formed, never the full [sequence x sequence] map, and the
-vision tower keeps its own attention. The row of each instruction token is restricted to the
+applied, grouped key/value heads repeated as the model repeats them. The probabilities on the
+visual keys come from a second fused SDPA call over one-hot values, so no score matrix is ever
+formed (not even the instruction rows), and the vision tower keeps its own attention. The row of each instruction token is restricted to the
 visual keys, then averaged over heads and instruction tokens: alpha_l(x), one weight per visual
 token (not renormalised: its sum is the share of attention the instruction pays to the image).
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -67,19 +68,43 @@ def instruction_to_vision(
     capture: _Capture,
 ) -> torch.Tensor:
     """alpha [B, V]: attention of the instruction queries on the visual keys, mean over heads and
-    queries; zeros where a sample has no visual (or no instruction) tokens."""
-    _, heads, _, head_dim = query.shape
+    queries; zeros where a sample has no visual (or no instruction) tokens.
+
+    The probabilities come from SDPA calls whose values are one-hot over the visual keys (value row
+    s = e_v where key s is the v-th visual token, 0 elsewhere): the output at query i is then
+    exactly softmax(q_i K^T * scaling + mask) restricted to the visual keys, with the normaliser
+    over all S keys computed inside the fused kernel, so no [heads x I x S] score matrix is written
+    out (in the tiny teacher that matrix, masked and soft-maxed, cost more than the layer's own
+    attention). One call per head_dim visual keys: one for the tiny default, five for 576 visual
+    tokens at head_dim 128."""
+    batch, heads, _, head_dim = query.shape
     index = capture.instruction_index
-    q = torch.gather(query, 2, index[:, None, :, None].expand(-1, heads, -1, head_dim))
-    k = repeat_kv(key, getattr(module, "num_key_value_groups", 1))
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling  # [B, H, I, S]
-    rows = _allowed_rows(attention_mask, index, k.shape[2])
-    scores = scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows.float()
-    probs = torch.softmax(scores, dim=-1).mean(dim=1)  # over heads -> [B, I, S]
-    visual = capture.visual_index[:, None, :].expand(-1, probs.shape[1], -1)
-    on_image = torch.gather(probs, 2, visual) * capture.visual_valid[:, None, :]  # [B, I, V]
-    weights = capture.instruction_valid.to(on_image.dtype)  # [B, I]
-    return (on_image * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+    q = torch.gather(query, 2, index[:, None, :, None].expand(-1, heads, -1, head_dim))  # [B, H, I, D]
+    k = repeat_kv(key, getattr(module, "num_key_value_groups", 1))  # [B, H, S, D]
+    rows = _allowed_rows(attention_mask, index, k.shape[2])  # [B, 1|H, I, S]
+    # one-hot values in groups of head_dim columns: SDPA's fused CPU kernel wants value rows as wide
+    # as the query's (with narrower ones it is three times slower than the layer's own attention)
+    n_visual = capture.visual_index.shape[1]
+    on_image = []
+    for first in range(0, n_visual, head_dim):
+        columns, present = (
+            x[:, first : first + head_dim] for x in (capture.visual_index, capture.visual_valid)
+        )
+        one_hot = q.new_zeros(batch, k.shape[2], head_dim, dtype=torch.float32)  # [B, S, D]
+        one_hot.scatter_(1, columns[:, None, :], present[:, None, :].float())
+        with torch.autocast(query.device.type, enabled=False):  # float32 whatever the model runs in
+            probs = F.scaled_dot_product_attention(
+                q.float(),
+                k.float(),
+                one_hot[:, None].expand(-1, heads, -1, -1),
+                attn_mask=rows if rows.dtype == torch.bool else rows.float(),
+                scale=scaling,
+            )  # [B, H, I, D]: the probabilities on visual keys first .. first + D
+        on_image.append(probs.mean(dim=1)[..., : columns.shape[1]])  # over heads -> [B, I, <=D]
+    on_image = torch.cat(on_image, dim=-1)  # [B, I, V]
+    valid = capture.instruction_valid
+    on_image = torch.where(valid[:, :, None], on_image, torch.zeros_like(on_image))  # padded queries out
+    return on_image.sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
 
 
 def _capturing_sdpa(

@@ -71,6 +71,17 @@ def test_captured_rows_equal_eager_attention(tokenizer, text_model_type):
     assert model.config.get_text_config()._attn_implementation == "sdpa"  # restored
 
 
+def test_more_visual_tokens_than_head_dim_are_captured_in_groups(tokenizer):
+    model, _ = make_model(tokenizer, image_size=64, num_layers=2, num_heads=4, num_kv_heads=2)  # 16 > 8
+    inputs, instruction, visual = batch(model, tokenizer)
+    assert visual[0].sum() > model.config.text_config.hidden_size // 4
+    with torch.no_grad():
+        expected = eager_alpha(model, inputs, instruction, visual)
+        with capture_instruction_attention(model, [1], instruction, visual) as alphas:
+            model(**inputs)
+    torch.testing.assert_close(alphas[1], expected[1], atol=1e-5, rtol=1e-5)
+
+
 def test_unpadded_batch_uses_the_causal_path(tokenizer):
     model, _ = make_model(tokenizer, num_layers=2)
     inputs, instruction, visual = batch(model, tokenizer, lengths=((3, 5), (4, 4)))

@@ -161,6 +161,24 @@ def test_candidates_are_distinct_and_greedy_takes_the_top():
     assert set(picked[1].tolist()) >= {4}  # a nucleus of one token is filled from the top
 
 
+def test_nucleus_draws_stay_in_each_rows_nucleus_narrow_or_wide():
+    torch.manual_seed(0)
+    logits = torch.randn(200, 622) * torch.tensor([0.5, 12.0]).repeat(100)[:, None]  # flat and peaked rows
+    sorted_probs, order = torch.softmax(logits, -1).sort(dim=-1, descending=True)
+    in_nucleus = (sorted_probs.cumsum(-1) - sorted_probs) < 0.9
+    in_nucleus[:, :4] |= in_nucleus.sum(-1, keepdim=True) < 4
+    allowed = [set(order[row][in_nucleus[row]].tolist()) for row in range(200)]
+    generator = torch.Generator().manual_seed(0)
+    seen_beyond_64 = False
+    for _ in range(5):
+        picked = draw_candidates(logits, 4, "nucleus", top_p=0.9, generator=generator)
+        for row in range(200):
+            assert len(set(picked[row].tolist())) == 4 and set(picked[row].tolist()) <= allowed[row]
+        rank = (order[:, None, :] == picked[:, :, None]).float().argmax(-1)  # [200, 4] rank of each draw
+        seen_beyond_64 |= bool((rank[0::2] >= 64).any())
+    assert seen_beyond_64  # a flat row draws from its whole nucleus, not only the 64 most likely tokens
+
+
 def greedy_candidates(student, batch, d):
     """The top-d next tokens [N, d] at each response token, as the trainer draws them with greedy sampling."""
     layout = response_layout(batch["labels"])
