@@ -17,6 +17,13 @@ their range in brackets). The weights matter for TPA alone: a candidate equal to
 trained student proposes that token far more often than a random one; the table gives the share of
 candidates that were continued.
 
+Part "paired" (distill/bench_paired.py; only when asked for): the same pair and methods in one
+process, each method's loss and backward pass on the same batch back to back, --steps batches;
+reported: the median per batch and the median of the per-batch ratios to KD. Without the optimizer
+step and data loading, and no memory figures, but far less spread than processes started apart.
+
+    python -m distill bench --part paired --methods kd,iva,tpa-kv,align-ti
+
 Part "loss": the KD loss (forward KL) alone, forward and backward, on random hidden states of
 --positions positions and LM heads of --vocab rows (student width --student-hidden, teacher width
 --teacher-hidden), naive (whole logits) vs chunked (--chunk-size positions at a time), each in its
@@ -46,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.bench_methods import METHODS
+from distill.bench_paired import bench_paired, report_paired
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.configuration import ConfigError
@@ -106,15 +114,11 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- part "steps" ------------------------------------------------------------------------------------
-def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from distill.configuration import load_config
-    from distill.lockstep import Lockstep
-    from distill.run_config import RunConfig
-    from distill.train import setup
-
+def trainer_overrides(spec: dict[str, Any]) -> list[str]:
+    """The dotted overrides of one timed method's run: data, student, teacher, and the method's terms."""
     overrides = [
         f"train.output_dir={spec['output_dir']}",
-        f"train.max_steps={spec['steps'] + spec['warmup']}",
+        f"train.max_steps={spec.get('steps', 1) + spec.get('warmup', 0)}",
         "train.report_to=none",
         "train.save_steps=100000",
         f"data.train_json={spec['data']}",
@@ -125,8 +129,16 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     else:  # a fresh one sharing the teacher's vision tower
         overrides += [f"model.vision_init={spec['teacher']}", f"model.tokenizer={spec['tokenizer']}"]
     teacher = ["teacher.path=null"] if spec["mode"] == "sft" else [f"teacher.path={spec['teacher']}"]
-    overrides += teacher + METHODS[spec["mode"]]
-    cfg = load_config(RunConfig, spec["config"], overrides)
+    return overrides + teacher + METHODS[spec["mode"]]
+
+
+def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from distill.configuration import load_config
+    from distill.lockstep import Lockstep
+    from distill.run_config import RunConfig
+    from distill.train import setup
+
+    cfg = load_config(RunConfig, spec["config"], trainer_overrides(spec))
     s = setup(cfg)
     ring = Lockstep(**spec["lockstep"])
     s.trainer.add_callback(ring)
@@ -234,30 +246,49 @@ def tiny_pair(workdir: Path, data: Path) -> tuple[str, str]:
     return str(save_llava(model, processor, workdir / "teacher")), str(tokenizer_dir)
 
 
-def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
+def pair_spec(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Config, data, teacher and student of the timed runs (data and a random teacher made in `work`
+    when none are given)."""
     from distill.synth.make import synthesize
 
+    data = Path(args.data)
+    if not data.is_file():
+        synthesize(work / "shapes", n_train=256, n_val=8, n_test=8, per_family=2)
+        data = work / "shapes" / "train.json"
+    teacher, tokenizer = (args.teacher, args.teacher) if args.teacher else tiny_pair(work, data)
+    return {
+        "config": str(ROOT / "configs" / "tiny-student-kd.yaml"),
+        "data": str(data),
+        "teacher": teacher,
+        "tokenizer": tokenizer,
+        "student": args.student,
+    }
+
+
+def pair_weights(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "teacher": args.teacher or "random weights, shapes of configs/tiny-teacher.yaml",
+        "student": args.student or "fresh, shapes of configs/tiny-student-kd.yaml",
+    }
+
+
+def bench_steps(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
         work = Path(tmp)
-        data = Path(args.data)
-        if not data.is_file():
-            synthesize(work / "shapes", n_train=256, n_val=8, n_test=8, per_family=2)
-            data = work / "shapes" / "train.json"
-        teacher, tokenizer = (args.teacher, args.teacher) if args.teacher else tiny_pair(work, data)
-        spec = {
-            "config": str(ROOT / "configs" / "tiny-student-kd.yaml"),
-            "data": str(data),
-            "teacher": teacher,
-            "tokenizer": tokenizer,
-            "steps": args.steps,
-            "warmup": 2,
-            "student": args.student,
-        }
+        spec = {**pair_spec(work, args), "steps": args.steps, "warmup": 2}
         rounds = []
         for r in tqdm(range(args.repeats), desc="rounds of the step timing", leave=False):
             specs = [{**spec, "mode": mode, "output_dir": str(work / f"{mode}-{r}")} for mode in args.methods]
             rounds.append(dict(zip(args.methods, in_lockstep(specs, work / "turn"), strict=True)))
     return combine_rounds(rounds, args)
+
+
+def bench_paired_part(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
+        work = Path(tmp)
+        spec = {**pair_spec(work, args), "output_dir": str(work / "paired")}
+        results = bench_paired(spec, args.methods, args.steps)
+    return {**results, "weights": pair_weights(args)}
 
 
 def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -281,10 +312,7 @@ def combine_rounds(rounds: list[dict[str, Any]], args: argparse.Namespace) -> di
             "input_tokens": sum(r[mode]["input_tokens"] for r in rounds),
             "rounds": [r[mode] for r in rounds],
         }
-    results["weights"] = {
-        "teacher": args.teacher or "random weights, shapes of configs/tiny-teacher.yaml",
-        "student": args.student or "fresh, shapes of configs/tiny-student-kd.yaml",
-    }
+    results["weights"] = pair_weights(args)
     results["repeats"] = args.repeats
 
     def ratio(mode: str, base: str, key: str) -> float:
@@ -365,6 +393,8 @@ def report(results: dict[str, Any]) -> str:
             f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
             f"loss difference {abs(r['naive']['loss'] - r['chunked']['loss']):.2e}",
         ]
+    if "paired" in results:
+        lines += report_paired(results["paired"], results["paired"]["weights"])
     if "scale" in results:
         lines += report_scale(results["scale"])
     return "\n".join(lines)
@@ -373,12 +403,16 @@ def report(results: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--part",
-        choices=["all", "steps", "loss", "scale"],
+        choices=["all", "steps", "loss", "paired", "scale"],
         default="all",
-        help="what to measure (all: steps and loss; scale: real-size KD under DeepSpeed, see below)",
+        help="what to measure (all: steps and loss; paired: the objectives' passes back to back on the same "
+        "batches in one process; scale: real-size KD under DeepSpeed, see below)",
     )
     parser.add_argument(
-        "--steps", type=int, default=20, help="timed training steps per method (after 2 warm-up steps)"
+        "--steps",
+        type=int,
+        default=20,
+        help="timed training steps per method (after 2 warm-up steps); batches for the paired part",
     )
     parser.add_argument(
         "--repeats",
@@ -433,6 +467,8 @@ def run(args: argparse.Namespace) -> int:
         results["steps"] = bench_steps(args)
     if args.part in ("all", "loss"):
         results["loss"] = bench_loss(args)
+    if args.part == "paired":
+        results["paired"] = bench_paired_part(args)
     if args.part == "scale":
         results["scale"] = bench_scale(args)
     print(report(results))

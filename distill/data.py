@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,7 @@ class LlavaDataset(Dataset):
         image_token = views["student"].encoder.image_token
         # (input_ids, labels, instruction mask, image file, record index), before image expansion
         self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str | None, int]] = []
+        started = time.perf_counter()
         for index, record in enumerate(
             tqdm(records, desc=f"tokenize {self.path.name}", disable=not progress, leave=False)
         ):
@@ -137,6 +139,7 @@ class LlavaDataset(Dataset):
                 if not skip_bad_records:
                     raise DataError(f"{self.path}, record {index}: {error}") from None
                 self.skipped[str(error).split(":")[0]] += 1
+        self.tokenize_seconds = time.perf_counter() - started
         if not self.examples:
             raise DataError(f"{self.path}: no usable records (skipped: {dict(self.skipped)})")
         # which examples' images turned out corrupt when read (images are decoded lazily); shared with the

@@ -284,7 +284,9 @@ def setup(cfg: RunConfig) -> Setup:
         )
         if pair is not None:
             print(f"[{cfg.name}] teacher: {cfg.teacher.path}; " + "; ".join(pair.lines()))
-        print(f"[{cfg.name}] data: {dataset.report()}")
+        print(
+            f"[{cfg.name}] data: {dataset.report()}; checked and tokenized in {dataset.tokenize_seconds:.1f} s"
+        )
     return Setup(cfg, trainer, dataset, processor, pair)
 
 

@@ -63,6 +63,29 @@ def test_bench_times_each_method_against_kd(tmp_path, shapes, teacher_dir, capsy
     assert "unknown dpo" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_paired_bench_runs_every_method_on_the_same_batches(tmp_path, shapes, capsys):
+    out = tmp_path / "paired.json"
+    methods = "kd,sft,iva,tpa-kv,tpa-ribbon,align-ti,gkd,llavadi,emkd"
+    args = ["bench", "--part", "paired", "--steps", "1", "--data", str(shapes / "train.json")]
+    assert main([*args, "--methods", methods, "--out", str(out)]) == 0
+    paired = json.loads(out.read_text())["paired"]["methods"]
+    expected_terms = {
+        "kd": ["kd", "sft"],
+        "sft": ["sft"],
+        "iva": ["iva", "kd", "sft"],
+        "tpa-kv": ["kd", "sft", "tpa"],
+        "tpa-ribbon": ["kd", "sft", "tpa"],
+        "align-ti": ["iva", "kd", "sft", "tpa"],
+        "gkd": ["kd"],
+        "llavadi": ["hidden", "kd", "sft"],
+        "emkd": ["kd", "sft", "vlad", "vsd"],
+    }
+    assert {method: m["terms"] for method, m in paired.items()} == expected_terms
+    assert paired["kd"]["over_kd"] == 1.0 and all(m["over_kd"] > 0 for m in paired.values())
+    assert "| align-ti | iva + kd + sft + tpa |" in capsys.readouterr().out
+
+
 def test_a_failed_lockstep_worker_is_reported_without_waiting_for_the_others():
     import subprocess
     import sys

@@ -21,6 +21,11 @@ VICUNA_TEMPLATE = (
     "{% else %}{{ 'ASSISTANT: ' + message['content'] + '</s>' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+REFUSING_TEMPLATE = (  # refuses contents it does not expect, placeholders among them
+    "{% for message in messages %}{% if '\ue000' in message['content'] %}{{ raise_exception('odd content') }}"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TRIMMING_TEMPLATE = (  # lays the contents in trimmed: the skeleton cannot apply to padded contents
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] | trim }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -64,6 +69,16 @@ def test_skeleton_spans_equal_those_of_rendering_every_prefix(tokenizer, shapes,
         assert encoder.spans(messages, encoder.render(messages)) == exact(encoder, conversation)
     used = [roles for roles, skeleton in encoder.skeletons.skeletons.items() if skeleton is not None]
     assert used  # the skeleton was used, not only the fallback
+
+
+def test_a_template_that_refuses_the_placeholders_falls_back_to_every_prefix(tokenizer, shapes):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = REFUSING_TEMPLATE
+    encoder = ConversationEncoder(tokenizer)
+    for conversation in conversations(shapes)[:20]:
+        messages = to_messages(conversation)
+        assert encoder.spans(messages, encoder.render(messages)) == exact(encoder, conversation)
+    assert not any(encoder.skeletons.skeletons.values())
 
 
 def test_one_render_per_conversation_once_the_roles_are_known(tokenizer, shapes):

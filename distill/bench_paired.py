@@ -1,0 +1,115 @@
+"""`python -m distill bench --part paired`: each objective's forward + backward pass on the same
+batches, back to back in one process, as a ratio to vanilla KD's on the same batch.
+
+    python -m distill bench --part paired --methods kd,iva,tpa-kv,tpa-ribbon,align-ti,gkd,llavadi,emkd
+    python -m distill bench --part paired --methods kd,align-ti \
+        --teacher runs/tiny/teacher/final --student runs/tiny/student-kd/final      # after the quickstart
+
+The steps part (`--part steps`) gives every method its own process, so each has its own peak
+memory, and times whole training steps; but two processes are never quite alike on a shared VM,
+and there its rounds' ratios spread by a tenth or more. Here one trainer, one student and one
+teacher serve every method: for each batch, each method's loss terms and their backward pass run in
+turn (the order rotating from batch to batch), so a method and KD see the same tokens within
+milliseconds of each other; each ratio is the median over batches of the paired ratios, with the
+middle half of them in brackets. Not timed: the optimizer step and data loading, the same for every
+method (the gradients are dropped, so the student does not change from method to method).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from distill.bench_methods import METHODS
+
+WARMUP_BATCHES = 2
+
+
+def union_overrides(methods: list[str]) -> list[str]:
+    """Overrides that set up a trainer able to run every method's terms: the teacher's attention
+    capture for IVA and LLaVADI's learned projection are installed when the trainer is built."""
+    switches = {override for method in methods for override in METHODS[method]}
+    wanted = [o for o in switches if o.startswith(("loss.w_iva=", "loss.iva_layer=", "loss.w_hidden="))]
+    return ["loss.w_kd=1.0", *sorted(wanted)]
+
+
+def forward_backward_seconds(
+    trainer: Any, model: torch.nn.Module, loss_config: Any, inputs: dict
+) -> tuple[float, list[str]]:
+    """One method's loss and backward pass on one batch (the gradients are dropped): its seconds and
+    the terms it computed."""
+    trainer.loss_config = loss_config
+    trainer._term_sums.clear()  # the trainer's running sums of the logged terms
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.compute_loss(model, inputs).backward()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds, sorted(name for name in trainer._term_sums if name != "on_policy")
+
+
+def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict[str, Any]:
+    """spec: the steps part's (config, data, teacher, tokenizer, student)."""
+    from distill.bench import trainer_overrides
+    from distill.configuration import load_config
+    from distill.run_config import RunConfig
+    from distill.train import setup
+
+    base = trainer_overrides({**spec, "mode": "kd", "output_dir": spec["output_dir"]})
+    s = setup(load_config(RunConfig, spec["config"], base + union_overrides(methods)))
+    loss_configs = {m: load_config(RunConfig, spec["config"], base + METHODS[m]).loss for m in methods}
+    trainer, model = s.trainer, s.trainer.model
+    model.train()
+    loader = iter(trainer.get_train_dataloader())
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    terms: dict[str, set[str]] = {m: set() for m in methods}
+    for index in tqdm(range(WARMUP_BATCHES + batches), desc="paired batches", leave=False):
+        inputs = trainer._prepare_inputs(next(loader))
+        order = methods[index % len(methods) :] + methods[: index % len(methods)]
+        for method in order:
+            elapsed, computed = forward_backward_seconds(trainer, model, loss_configs[method], inputs)
+            terms[method].update(computed)
+            if index >= WARMUP_BATCHES:
+                seconds[method].append(elapsed)
+    results: dict[str, Any] = {"batches": batches, "methods": {}}
+    for method in methods:
+        entry = {
+            "median_s": statistics.median(seconds[method]),
+            "seconds": seconds[method],
+            "terms": sorted(terms[method]),
+        }
+        if "kd" in methods:
+            ratios = sorted(a / b for a, b in zip(seconds[method], seconds["kd"], strict=True))
+            quarter = len(ratios) // 4
+            entry.update(
+                over_kd=statistics.median(ratios), over_kd_middle=(ratios[quarter], ratios[-1 - quarter])
+            )
+        results["methods"][method] = entry
+    return results
+
+
+def report_paired(results: dict[str, Any], weights: dict[str, str]) -> list[str]:
+    lines = [
+        f"Forward + backward of each objective on the same {results['batches']} batches (tiny-student-kd "
+        "config), the methods back to back in one process; median per batch, and the median over batches of "
+        "the ratio to KD on the same batch (the middle half of the ratios in brackets); optimizer step and "
+        "data loading not included;",
+        f"teacher: {weights['teacher']}; student: {weights['student']}.",
+        "| method | terms | forward + backward (ms) | time / KD |",
+        "|---|---|---|---|",
+    ]
+    for method, m in results["methods"].items():
+        ratio = (
+            f"{m['over_kd']:.2f}x ({m['over_kd_middle'][0]:.2f}-{m['over_kd_middle'][1]:.2f})"
+            if "over_kd" in m and method != "kd"
+            else ("1.00x" if method == "kd" else "-")
+        )
+        lines.append(f"| {method} | {' + '.join(m['terms'])} | {1000 * m['median_s']:.1f} | {ratio} |")
+    return lines
