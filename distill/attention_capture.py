@@ -10,9 +10,10 @@ in addition, computes softmax(Q K^T * scaling + mask) for the instruction query 
 the query and key states the layer hands to attention: RoPE (and Qwen3's q/k norms) already
 applied, grouped key/value heads repeated as the model repeats them. The probabilities on the
 visual keys come from a second fused SDPA call over one-hot values, so no score matrix is ever
-formed (not even the instruction rows), and the vision tower keeps its own attention. The row of each instruction token is restricted to the
-visual keys, then averaged over heads and instruction tokens: alpha_l(x), one weight per visual
-token (not renormalised: its sum is the share of attention the instruction pays to the image).
+formed (not even the instruction rows), and the vision tower keeps its own attention. The row of
+each instruction token is restricted to the visual keys, then averaged over heads and
+instruction tokens: alpha_l(x), one weight per visual token (not renormalised: its sum is the share
+of attention the instruction pays to the image).
 
 `instruction` and `visual` are bool masks [batch, sequence]; every sample with an image must hold
 the same number of visual tokens (one image per sample); samples without an image, or without

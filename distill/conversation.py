@@ -74,9 +74,8 @@ class ConversationEncoder:
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.bos_token = tokenizer.bos_token
         self.skeletons = SkeletonCache(self.render)
-        self.checked_roles: set[tuple[str, ...]] = (
-            set()
-        )  # sequences of roles whose skeleton spans were checked
+        # the sequences of roles whose skeleton spans were checked against the exact ones
+        self.checked_roles: set[tuple[str, ...]] = set()
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
@@ -115,14 +114,20 @@ class ConversationEncoder:
                 spans.append((start, start + len(question)))
         return spans
 
+    def exact_spans(
+        self, messages: list[dict[str, str]], text: str
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(assistant spans, instruction spans) from rendering every prefix of the conversation."""
+        return self.assistant_spans(messages, text), self.instruction_spans(messages, text)
+
     def spans(
         self, messages: list[dict[str, str]], text: str
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(assistant spans, instruction spans) of the rendered conversation `text`: from the
-        skeleton of its sequence of roles where that applies, else from rendering every prefix."""
+        skeleton of its sequence of roles where that applies, else `exact_spans`."""
         prefixes = self.skeletons.prefixes(messages, text)
         if prefixes is None:
-            return self.assistant_spans(messages, text), self.instruction_spans(messages, text)
+            return self.exact_spans(messages, text)
         replies = [
             (prefixes.generation_prompt_end(i), len(text[: prefixes.end(i + 1)].rstrip()))
             for i, message in enumerate(messages)
@@ -132,7 +137,7 @@ class ConversationEncoder:
         roles = tuple(message["role"] for message in messages)
         if roles not in self.checked_roles:
             self.checked_roles.add(roles)
-            exact = self.assistant_spans(messages, text), self.instruction_spans(messages, text)
+            exact = self.exact_spans(messages, text)
             if exact != found:
                 self.skeletons.forget(roles)
                 return exact

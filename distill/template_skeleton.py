@@ -35,12 +35,10 @@ class Skeleton:
     """One sequence of roles rendered with placeholder contents."""
 
     pieces: list[str]  # the text between the contents: len(messages) + 1 pieces
-    slot_starts: list[int]  # where each placeholder starts in the skeleton text
-    slot_ends: list[int]
+    slot_ends: list[int]  # where each placeholder ends in the skeleton text
     prefix_ends: list[int]  # len(render(messages[:i])), i = 0..len(messages)
-    generation_prompt_ends: list[
-        int
-    ]  # len(render(messages[:i], add_generation_prompt=True)) before each reply
+    # len(render(messages[:i], add_generation_prompt=True)) where message i is a reply, else -1
+    generation_prompt_ends: list[int]
 
     def fill(self, contents: list[str]) -> str:
         parts = [self.pieces[0]]
@@ -84,7 +82,6 @@ def build_skeleton(
     pieces = [text[a:b] for a, b in zip([0, *ends], [*starts, len(text)])]
     prefix_ends, generation_prompt_ends = [], []
     for i in range(len(roles) + 1):
-        # the generation prompt is only asked for before a reply (-1 elsewhere)
         for prompt, lengths in ((False, prefix_ends), (True, generation_prompt_ends)):
             if prompt and (i == len(roles) or roles[i] != "assistant"):
                 lengths.append(-1)
@@ -94,7 +91,7 @@ def build_skeleton(
             if not text.startswith(prefix) or inside:
                 return None
             lengths.append(len(prefix))
-    return Skeleton(pieces, starts, ends, prefix_ends, generation_prompt_ends)
+    return Skeleton(pieces, ends, prefix_ends, generation_prompt_ends)
 
 
 class SkeletonCache:

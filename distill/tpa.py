@@ -47,6 +47,9 @@ def candidate_states(states: torch.Tensor, layout: ResponseLayout, d: int) -> to
     return states.reshape(*layout.valid.shape, d, -1)[layout.valid].flatten(0, 1)
 
 
+NARROW_NUCLEUS = 64  # rows whose nucleus ends within this many most likely tokens draw from those
+
+
 @torch.no_grad()
 def draw_candidates(
     logits: torch.Tensor,
@@ -64,7 +67,7 @@ def draw_candidates(
 
     A trained model's nucleus holds a few tokens at most positions, so the rows whose nucleus ends
     within the NARROW_NUCLEUS most likely tokens draw from those (top-k instead of sorting the
-    vocabulary, and the draw over 64 columns instead of V); only the others are sorted whole."""
+    vocabulary, and the draw over those columns instead of V); only the others are sorted whole."""
     if mode == "greedy":
         return logits.topk(d, dim=-1).indices
     if mode != "nucleus":
@@ -77,9 +80,6 @@ def draw_candidates(
     if wide.any():
         picked[wide] = draw_from_sorted(*probs[wide].sort(dim=-1, descending=True), d, top_p, generator)
     return picked
-
-
-NARROW_NUCLEUS = 64
 
 
 def draw_from_sorted(

@@ -54,8 +54,7 @@ def conversations(shapes):
 def exact(encoder, conversation):
     """The spans from rendering every prefix (what the encoder did before skeletons)."""
     messages = to_messages(conversation)
-    text = encoder.render(messages)
-    return encoder.assistant_spans(messages, text), encoder.instruction_spans(messages, text)
+    return encoder.exact_spans(messages, encoder.render(messages))
 
 
 @pytest.mark.parametrize("template", [None, LLAMA3_TEMPLATE, VICUNA_TEMPLATE, TRIMMING_TEMPLATE])
