@@ -2,11 +2,14 @@
 
     python -m distill check configs/tiny-student-kd.yaml                  # what a run config would use
     python -m distill check --student DIR --teacher DIR --data train.json --verify-images
+    python -m distill check configs/tiny-student-kd.yaml --probe-teacher 200   # loads the teacher's weights
 
-Reads configs and tokenizers (never the teacher's weights), checks that the pair can be distilled
-(same vocabulary, chat template and image token; visual-token counts reported), tokenizes every
-record with the same checks training uses, and with --verify-images decodes every image. Prints a
-report and exits 0 when everything can be used, 2 with the first problem otherwise.
+Reads configs and tokenizers, checks that the pair can be distilled (same vocabulary, chat template
+and image token; visual-token counts reported), tokenizes every record with the same checks training
+uses, and with --verify-images decodes every image. Only --probe-teacher N reads the teacher's
+weights: it scores the teacher on N of the examples as training will see them (distill/teacher_fit.py),
+and warns where its later replies fall far under its first. Prints a report and exits 0 when
+everything can be used (a warning included), 2 with the first problem otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from transformers import AutoTokenizer
 from distill.configuration import load_config
 from distill.conversation import IGNORE_INDEX, DataError
 from distill.data import LlavaDataset, ModelView
-from distill.modeling import build_llava, check_llava_dir, image_token_count, load_processor
+from distill.modeling import build_llava, check_llava_dir, image_token_count, load_llava, load_processor
 from distill.pairing import check_pair
 from distill.run_config import RunConfig
+from distill.teacher_fit import probe_teacher, report
 
 
 def student_spec(cfg: RunConfig) -> tuple[Any, Any]:
@@ -70,7 +74,10 @@ def check(
     max_length: int,
     skip_bad_records: bool,
     images: bool,
+    split_turns: bool = False,
+    probe: tuple[str, int] | None = None,
 ) -> list[str]:
+    """The report's lines. `probe` = (teacher checkpoint, examples) scores the teacher on the data."""
     config, processor = student
     lines = [
         f"student: {type(processor.tokenizer).__name__}, {len(processor.tokenizer)} tokens, "
@@ -81,11 +88,19 @@ def check(
         lines += check_pair(config, processor, teacher[0], teacher[1]).lines()
         views["teacher"] = ModelView.from_processor(teacher[1], image_token_count(teacher[0]), max_length)
     if data is not None:
-        dataset = LlavaDataset(data, views, image_folder, skip_bad_records)
-        lines.append(f"data: {dataset.report()}")
+        dataset = LlavaDataset(data, views, image_folder, skip_bad_records, split_turns=split_turns)
+        lines.append(
+            f"data: {dataset.report()}" + (" (one example per question: split_turns)" if split_turns else "")
+        )
         lines.append(length_report(dataset, views["student"]))
         if images:
             lines.append(f"images: all decoded, {verify_images(dataset)} unreadable")
+        if probe is not None:
+            teacher_model, teacher_processor = load_llava(probe[0], "auto")
+            scores = probe_teacher(
+                teacher_model.eval(), dataset, teacher_processor.tokenizer.pad_token_id, probe[1]
+            )
+            lines += report(scores, min(probe[1], len(dataset)))
     return lines
 
 
@@ -105,6 +120,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify-images", action="store_true", help="decode every image (slow on large sets)"
     )
+    parser.add_argument(
+        "--split-turns",
+        action="store_true",
+        help="one example per question, as data.split_turns does (with --data; a config says it itself)",
+    )
+    parser.add_argument(
+        "--probe-teacher",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load the teacher and score its replies on N examples of the data under teacher forcing, by "
+        "their place in the conversation; warns when later replies score far under the first (a teacher "
+        "that has not seen conversations of this form: KD would pass on its guesses)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,20 +145,36 @@ def run(args: argparse.Namespace) -> int:
             if cfg.teacher.path
             else None
         )
-        data, folder, max_length, skip = (
+        data, folder, max_length, skip, split = (
             cfg.data.train_json,
             cfg.data.image_folder,
             cfg.data.max_length,
             cfg.data.skip_bad_records,
+            cfg.data.split_turns,
         )
+        teacher_path = cfg.teacher.path
     elif args.student:
         student = (check_llava_dir(args.student), load_processor(args.student))
         teacher = (check_llava_dir(args.teacher), load_processor(args.teacher)) if args.teacher else None
         data, folder, max_length, skip = args.data, args.image_folder, args.max_length, args.skip_bad_records
+        split, teacher_path = args.split_turns, args.teacher
     else:
         raise SystemExit("check: give a run config or --student DIR")
+    if args.probe_teacher and not (teacher_path and data):
+        raise SystemExit(
+            "check: --probe-teacher needs a teacher and data (a config with both, or --teacher and --data)"
+        )
+    probe = (str(teacher_path), args.probe_teacher) if args.probe_teacher else None
     for line in check(
-        student, teacher, data, folder, max_length, skip or args.skip_bad_records, args.verify_images
+        student,
+        teacher,
+        data,
+        folder,
+        max_length,
+        skip or args.skip_bad_records,
+        args.verify_images,
+        split or args.split_turns,
+        probe,
     ):
         print(line)
     print("ok: nothing found that would stop training")

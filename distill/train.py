@@ -137,10 +137,25 @@ def load_teacher(cfg: RunConfig, student: Any, student_processor: Any) -> tuple[
     report = check_pair(student.config, student_processor, teacher_config, teacher_processor)
     resolve_iva_layers(cfg, student.config, teacher_config, report)
     check_term_shapes(cfg, student.config, teacher_config, report)
+    warn_on_unseen_layout(cfg)
     teacher = LlavaForConditionalGeneration.from_pretrained(
         cfg.teacher.path, dtype=DTYPES[cfg.teacher.dtype], local_files_only=True
     )
     return teacher, teacher_processor, report
+
+
+def warn_on_unseen_layout(cfg: RunConfig) -> None:
+    """A teacher this kit trained on single questions (its stored run config says split_turns) knows
+    nothing of whole conversations: distilled on them, it passes on guesses after the first reply."""
+    stored = Path(cfg.teacher.path) / RUN_CONFIG_NAME
+    if cfg.data.split_turns or not stored.is_file():
+        return
+    if read_yaml(stored).get("data", {}).get("split_turns"):
+        print(
+            f"warning: the teacher trained on single questions (data.split_turns in {stored}) but this run "
+            "distills it on whole conversations, whose later replies it has never seen; set "
+            "data.split_turns=true, or see `python -m distill check CONFIG --probe-teacher 200`"
+        )
 
 
 def use_bf16(setting: bool | str) -> bool:

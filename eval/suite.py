@@ -44,6 +44,9 @@ HEADLINE = {  # bench -> (key in the scorer's result, column title)
     "mme": ("perception", "MME-P"),
     "mmbench": ("accuracy", "MMBench"),
 }
+# a benchmark whose answers the official scorer cannot score (it would divide by zero or find
+# nothing to score) is kept in the comparison as n/a, with the reason under this key
+NOT_SCORED = "not_scored"
 LAYOUT_KEYS = ("questions", "images", "annotations", "annotations_questions", "problems", "pid_splits")
 
 
@@ -131,7 +134,12 @@ def evaluate(
             tokens = args.max_new_tokens or MAX_NEW_TOKENS.get(bench, DEFAULT_MAX_NEW_TOKENS)
             seconds = runner.answer_all(backend, todo, answers, args.batch_size, tokens)
             print(f"   {len(todo) / seconds:.2f} samples/s", flush=True)
-        result, text = scorer.score(score_arguments(bench, answers, files, args.limit is not None))
+        try:
+            result, text = scorer.score(score_arguments(bench, answers, files, args.limit is not None))
+        except ScoreError as error:  # the official scorer would stop here (POPE: no answer is yes)
+            print(f"   not scored: {error}", flush=True)
+            results[bench] = {NOT_SCORED: str(error)}
+            continue
         if not args.quiet:
             print(text)
         scorer.write_result(bench, answers, result)
@@ -143,12 +151,24 @@ def comparison(results: dict[str, dict[str, Any]], benches: list[str]) -> str:
     """Markdown: one row per model, one column per benchmark's headline figure (and what MME-P is out of)."""
     titles = [HEADLINE[b][1] for b in benches]
     lines = ["| model | " + " | ".join(titles) + " |", "|---" * (len(benches) + 1) + "|"]
+    reasons = []
     for model, scores in results.items():
-        cells = [f"{scores[b][HEADLINE[b][0]]:.1f}" for b in benches]
+        cells = []
+        for bench in benches:
+            if NOT_SCORED in scores[bench]:
+                reasons.append(f"{model}, {HEADLINE[bench][1]}: not scored, {scores[bench][NOT_SCORED]}.")
+                cells.append(f"n/a ({len(reasons)})")
+            else:
+                cells.append(f"{scores[bench][HEADLINE[bench][0]]:.1f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    if "mme" in benches:
-        first = next(iter(results.values()))["mme"]
-        present = [name for name in first["subtasks"] if name in mme.PERCEPTION]
+    if reasons:
+        lines.append("")
+        lines += [f"({i}) {reason}" for i, reason in enumerate(reasons, 1)]
+    scored_mme = [
+        scores["mme"] for scores in results.values() if NOT_SCORED not in scores.get("mme", {NOT_SCORED: ""})
+    ]
+    if scored_mme:
+        present = [name for name in scored_mme[0]["subtasks"] if name in mme.PERCEPTION]
         lines.append(
             f"\nMME-P: the perception total over {len(present)} of MME's 10 perception subtasks "
             f"(at most {200 * len(present)} here, 2000 on the full benchmark)."
@@ -182,7 +202,10 @@ def bar_chart(results: dict[str, dict[str, Any]], benches: list[str], path: Path
 
 
 def headline_percent(bench: str, result: dict[str, Any]) -> float:
-    """The headline figure on a 0-100 scale: MME perception as a share of the most its subtasks give."""
+    """The headline figure on a 0-100 scale: MME perception as a share of the most its subtasks give
+    (NaN, drawn as no bar, where the benchmark was not scored)."""
+    if NOT_SCORED in result:
+        return float("nan")
     value = result[HEADLINE[bench][0]]
     if bench != "mme":
         return value

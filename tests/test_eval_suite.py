@@ -86,3 +86,26 @@ def test_two_models_whose_folders_share_a_name_are_told_apart(shapes, student_di
     for run in ("seed-0", "seed-1"):
         lines = (out / run / "kd" / "pope.jsonl").read_text().splitlines()
         assert len(lines) == 2 and all(json.loads(line)["model_id"] == f"{run}/kd" for line in lines)
+
+
+def test_a_benchmark_the_official_scorer_cannot_score_is_reported_not_fatal(
+    shapes, student_dir, tmp_path, capsys
+):
+    out = tmp_path / "eval"
+    args = [*suite_args(shapes, out, student_dir)[:-4], "--limit", "8", "--max-new-tokens", "2"]
+    assert main([*args, "--benches", "gqa", "pope"]) == 0
+    answers = out / "student" / "pope.jsonl"
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    answers.write_text("".join(json.dumps({**line, "text": "No"}) + "\n" for line in lines))  # never yes
+    capsys.readouterr()
+    assert main([*args, "--benches", "gqa", "pope"]) == 0
+    printed = capsys.readouterr().out
+    assert "not scored: POPE" in printed and "where the official scorer divides by zero" in printed
+    saved = json.loads((out / "suite.json").read_text())
+    assert (
+        "not_scored" in saved["results"]["student"]["pope"]
+        and "accuracy" in saved["results"]["student"]["gqa"]
+    )
+    table = (out / "suite.md").read_text()
+    assert "| student | " in table and "| n/a (1) |" in table and "(1) student, POPE F1: not scored" in table
+    assert (out / "suite.png").is_file()
