@@ -18,6 +18,7 @@ import argparse
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -96,7 +97,8 @@ def check(
         if images:
             lines.append(f"images: all decoded, {verify_images(dataset)} unreadable")
         if probe is not None:
-            teacher_model, teacher_processor = load_llava(probe[0], "auto")
+            device = "cuda" if torch.cuda.is_available() else None
+            teacher_model, teacher_processor = load_llava(probe[0], "auto", device=device)
             scores = probe_teacher(
                 teacher_model.eval(), dataset, teacher_processor.tokenizer.pad_token_id, probe[1]
             )

@@ -64,8 +64,11 @@ def reply_runs(supervised: torch.Tensor) -> list[torch.Tensor]:
 
 def score_replies(logits: torch.Tensor, labels: torch.Tensor) -> ReplyScores:
     """Teacher-forced scores of a batch: logits [B, S, V] predict labels [B, S] one position later."""
-    predicted = logits[:, :-1].argmax(-1)
-    targets = labels[:, 1:]
+    return score_predictions(logits[:, :-1].argmax(-1), labels[:, 1:])
+
+
+def score_predictions(predicted: torch.Tensor, targets: torch.Tensor) -> ReplyScores:
+    """Scores of argmax tokens `predicted` [B, T] against `targets` [B, T] (IGNORE_INDEX off the replies)."""
     scores = ReplyScores()
     for row in range(targets.shape[0]):
         right = predicted[row] == targets[row]
@@ -93,18 +96,30 @@ def probe_teacher(
     collate = PaddingCollator(pad_token_id)
     indices = spread_indices(len(dataset), examples)
     scores = ReplyScores()
-    device = next(teacher.parameters()).device
     for start in tqdm(range(0, len(indices), batch_size), desc="probe the teacher", leave=False):
         batch = collate([dataset[i] for i in indices[start : start + batch_size]])
-        prefix = "teacher_" if "teacher_input_ids" in batch else ""
-        inputs = {
-            name: batch[prefix + name].to(device)
-            for name in ("input_ids", "attention_mask", "pixel_values")
-            if prefix + name in batch
-        }
-        logits = teacher(**inputs).logits
-        scores.add(score_replies(logits.float().cpu(), batch[prefix + "labels"]))
+        scores.add(score_predictions(*predict_replies(teacher, batch)))
     return scores
+
+
+@torch.inference_mode()
+def predict_replies(teacher: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax tokens, targets), both [B, S - 1]: the teacher's prediction of each next token where some
+    row's next token is a reply token (-1 elsewhere), and the labels one position on."""
+    prefix = "teacher_" if "teacher_input_ids" in batch else ""
+    device = next(teacher.parameters()).device
+    inputs = {
+        name: batch[prefix + name].to(device)
+        for name in ("input_ids", "attention_mask", "pixel_values")
+        if prefix + name in batch
+    }
+    targets = batch[prefix + "labels"][:, 1:]
+    # the LM head only where it is needed: a 7B teacher's logits at every position would take gigabytes
+    keep = (targets != IGNORE_INDEX).any(0).nonzero().flatten()
+    logits = teacher(**inputs, logits_to_keep=keep.to(device)).logits
+    predicted = torch.full_like(targets, -1)
+    predicted[:, keep] = logits.argmax(-1).cpu()
+    return predicted, targets
 
 
 def report(scores: ReplyScores, examples: int) -> list[str]:

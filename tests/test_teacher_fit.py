@@ -116,3 +116,22 @@ def test_training_on_conversations_warns_about_a_single_question_teacher(tmp_pat
     assert "trained on single questions" in capsys.readouterr().out
     warn_on_unseen_layout(load_config(RunConfig, config, ["data.split_turns=true"]))
     assert capsys.readouterr().out == ""
+
+
+def test_the_probe_predicts_the_reply_tokens_as_the_full_logits_would(shapes, teacher_dir):
+    from distill.data import LlavaDataset, ModelView, PaddingCollator
+    from distill.modeling import image_token_count, load_llava
+    from distill.teacher_fit import predict_replies
+
+    model, processor = load_llava(teacher_dir)
+    model.eval()
+    view = ModelView.from_processor(processor, image_token_count(model.config), 512)
+    dataset = LlavaDataset(shapes / "train.json", {"student": view}, progress=False)
+    batch = PaddingCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(6)])
+    predicted, targets = predict_replies(model, batch)
+    with torch.inference_mode():
+        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}).logits
+    replies = targets != IGNORE_INDEX
+    assert replies.sum() > 20
+    assert torch.equal(predicted[replies], logits[:, :-1].argmax(-1)[replies])
+    assert len(set(predicted[replies].tolist())) > 3  # a random model's argmax varies: the check can fail
