@@ -122,6 +122,9 @@ def trainer_overrides(spec: dict[str, Any]) -> list[str]:
         "train.report_to=none",
         "train.save_steps=100000",
         f"data.train_json={spec['data']}",
+        # every method on the same unpacked rows: the layout terms (IVA, TPA, hidden states, EM-KD,
+        # on-policy samples) refuse packed ones, and KD packed against them unpacked would time the packing
+        "data.pack=false",
     ]
     if spec.get("student"):  # a trained student: TPA's candidates then often hold the response token
         overrides += [f"model.path={spec['student']}", "model.arch=null", "model.tokenizer=null"]
