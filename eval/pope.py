@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.records import ANSWER_FIELDS, ScoreError, read_jsonl
+from eval.records import ANSWER_FIELDS, ScoreError, UndefinedScore, read_jsonl
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"
 
@@ -39,7 +39,7 @@ def split_metrics(predictions: list[str], labels: list[str], split: str) -> dict
     tn = sum(1 for p, g in pairs if p == 0 and g == 0)
     fn = sum(1 for p, g in pairs if p == 0 and g == 1)
     if tp + fp == 0:
-        raise ScoreError(
+        raise UndefinedScore(
             f"POPE {split}: no answer parses as yes, where the official scorer divides by zero (precision)"
         )
     if tp + fn == 0:
@@ -65,6 +65,10 @@ def score(
 ) -> dict[str, Any]:
     """Per-split metrics and the mean F1 (x100) from answer lines, the question file and the label folder."""
     category = {q["question_id"]: q["category"] for q in questions}
+    if not Path(annotations).is_dir():
+        raise ScoreError(
+            f"{annotations}: no such folder (expected POPE's coco_pope_<split>.json label files)"
+        )
     label_files = sorted(
         p
         for p in Path(annotations).iterdir()

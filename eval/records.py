@@ -16,6 +16,12 @@ class ScoreError(ValueError):
     """Input a scorer cannot score (missing files, malformed lines, unmatched ids)."""
 
 
+class UndefinedScore(ScoreError):
+    """Well-formed answers for which the official formula is undefined (POPE's precision when no
+    answer is yes: the official script divides by zero). `eval suite` reports these as n/a and goes
+    on; every other ScoreError (missing files, malformed lines) stops it."""
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Every non-empty line of a JSON-lines file as a dict, each holding the `required` fields."""
     path = Path(path)

@@ -33,7 +33,7 @@ from eval import run as runner
 from eval import score as scorer
 from eval.backends import open_backend
 from eval.questions import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, read_questions
-from eval.records import ScoreError
+from eval.records import ScoreError, UndefinedScore
 
 SUITE_BENCHES = ("gqa", "sqa", "textvqa", "pope", "mme", "mmbench")
 HEADLINE = {  # bench -> (key in the scorer's result, column title)
@@ -44,8 +44,8 @@ HEADLINE = {  # bench -> (key in the scorer's result, column title)
     "mme": ("perception", "MME-P"),
     "mmbench": ("accuracy", "MMBench"),
 }
-# a benchmark whose answers the official scorer cannot score (it would divide by zero or find
-# nothing to score) is kept in the comparison as n/a, with the reason under this key
+# a benchmark whose answers the official formula leaves undefined (eval.records.UndefinedScore) is
+# kept in the comparison as n/a, with the reason under this key
 NOT_SCORED = "not_scored"
 LAYOUT_KEYS = ("questions", "images", "annotations", "annotations_questions", "problems", "pid_splits")
 
@@ -136,7 +136,7 @@ def evaluate(
             print(f"   {len(todo) / seconds:.2f} samples/s", flush=True)
         try:
             result, text = scorer.score(score_arguments(bench, answers, files, args.limit is not None))
-        except ScoreError as error:  # the official scorer would stop here (POPE: no answer is yes)
+        except UndefinedScore as error:  # the official scorer would divide by zero here
             print(f"   not scored: {error}", flush=True)
             results[bench] = {NOT_SCORED: str(error)}
             continue
@@ -164,9 +164,9 @@ def comparison(results: dict[str, dict[str, Any]], benches: list[str]) -> str:
     if reasons:
         lines.append("")
         lines += [f"({i}) {reason}" for i, reason in enumerate(reasons, 1)]
-    scored_mme = [
-        scores["mme"] for scores in results.values() if NOT_SCORED not in scores.get("mme", {NOT_SCORED: ""})
-    ]
+    scored_mme = (
+        [s["mme"] for s in results.values() if NOT_SCORED not in s["mme"]] if "mme" in benches else []
+    )
     if scored_mme:
         present = [name for name in scored_mme[0]["subtasks"] if name in mme.PERCEPTION]
         lines.append(

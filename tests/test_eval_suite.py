@@ -109,3 +109,11 @@ def test_a_benchmark_the_official_scorer_cannot_score_is_reported_not_fatal(
     table = (out / "suite.md").read_text()
     assert "| student | " in table and "| n/a (1) |" in table and "(1) student, POPE F1: not scored" in table
     assert (out / "suite.png").is_file()
+
+
+def test_a_missing_benchmark_file_still_stops_the_suite(shapes, student_dir, tmp_path, capsys):
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(f"pope:\n  annotations: {tmp_path / 'no-such-folder'}\n")
+    args = [*suite_args(shapes, tmp_path / "eval", student_dir)[:-4], "--limit", "4", "--max-new-tokens", "2"]
+    assert main([*args, "--benches", "pope", "--layout", str(layout)]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
