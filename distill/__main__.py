@@ -22,6 +22,7 @@ import os
 import sys
 
 from distill.command_line import run_command, subcommand_parser
+from distill.process_memory import use_huge_pages
 
 COMMANDS = {
     "quickstart": ("distill.quickstart", "run the tiny default end to end (no downloads, CPU is enough)"),
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kit never downloads models at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_huge_pages()  # before anything imports torch
     parser = build_parser()
     from distill.errors import KNOWN_ERRORS
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,7 +58,7 @@ from distill.bench_paired import bench_paired, report_paired
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.configuration import ConfigError
-from distill.process_memory import current_rss_mib, peak_rss_mib
+from distill.process_memory import HUGE_PAGES, current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,7 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 teacher_head,
                 "forward_kl",
                 spec["chunk_size"],
+                closed_form=spec.get("closed_form", True),
             ),
             n,
         )
@@ -110,7 +112,13 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     loss = forward_backward(slice(0, n))
     seconds = time.perf_counter() - start
     peak = device_peak_mib() - baseline_dev if device == "cuda" else peak_rss_mib() - baseline_rss
-    return {"loss": loss.item(), "peak_mib": peak, "seconds": seconds, "device": device}
+    return {
+        "loss": loss.item(),
+        "peak_mib": peak,
+        "seconds": seconds,
+        "device": device,
+        "huge_pages": os.environ.get(HUGE_PAGES, "0") not in ("0", "false", "False", ""),
+    }
 
 
 # -- part "steps" ------------------------------------------------------------------------------------
@@ -165,9 +173,17 @@ def worker_command(kind: str, spec: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "distill.bench", "--worker", kind, json.dumps(spec)]
 
 
-def in_subprocess(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter, so its peak memory is its own."""
-    done = subprocess.run(worker_command(kind, spec), capture_output=True, text=True, cwd=ROOT, check=False)
+def in_subprocess(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter, so its peak memory is its own (`env`: variables
+    set for it on top of this process's)."""
+    done = subprocess.run(
+        worker_command(kind, spec),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -223,13 +239,20 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
     }
     naive = in_subprocess("loss", {**spec, "chunk_size": 0})
     chunked = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size})
+    # the same chunks with the KL's gradient through autograd's log_softmax + kl_div (losses.ForwardKL)
+    autograd = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size, "closed_form": False})
+    # the same chunks on 4 KiB pages only: what distill/__main__.py's default of HUGE_PAGES saves
+    small_pages = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size}, env={HUGE_PAGES: "0"})
     return {
         "spec": spec,
         "chunk_size": args.chunk_size,
         "naive": naive,
         "chunked": chunked,
+        "chunked_autograd_kl": autograd,
+        "chunked_small_pages": small_pages,
         "memory_ratio": chunked["peak_mib"] / naive["peak_mib"],
         "time_ratio": chunked["seconds"] / naive["seconds"],
+        "closed_form_time_ratio": chunked["seconds"] / autograd["seconds"],
     }
 
 
@@ -396,6 +419,28 @@ def report(results: dict[str, Any]) -> str:
             f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
             f"loss difference {abs(r['naive']['loss'] - r['chunked']['loss']):.2e}",
         ]
+        autograd = r.get("chunked_autograd_kl")
+        if autograd:
+            lines.insert(
+                -1,
+                f"| chunked, KL gradient through autograd (log_softmax + kl_div) | {autograd['peak_mib']:.0f} | "
+                f"{autograd['seconds']:.2f} | {autograd['loss']:.6f} |",
+            )
+            lines.append(
+                f"closed-form KL gradient (losses.ForwardKL) / autograd's: time {r['closed_form_time_ratio']:.2f}x, "
+                f"memory {r['chunked']['peak_mib'] / autograd['peak_mib']:.2f}x"
+            )
+        small = r.get("chunked_small_pages")
+        if small and r["chunked"]["huge_pages"]:
+            lines.insert(
+                -1 - bool(autograd),
+                f"| chunked, 4 KiB pages only ({HUGE_PAGES}=0) | {small['peak_mib']:.0f} | {small['seconds']:.2f} "
+                f"| {small['loss']:.6f} |",
+            )
+            lines.append(
+                f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages: time "
+                f"{r['chunked']['seconds'] / small['seconds']:.2f}x, memory {r['chunked']['peak_mib'] / small['peak_mib']:.2f}x"
+            )
     if "paired" in results:
         lines += report_paired(results["paired"], results["paired"]["weights"])
     if "scale" in results:

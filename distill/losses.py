@@ -10,6 +10,11 @@ Per-position divergences take teacher and student logits [N, V] and return [N]:
     skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
     tvd          0.5 * sum |P_T - P_S|
 
+Forward KL, the divergence of KD, IVA and TPA, runs through `ForwardKL`, whose backward is the
+closed form softmax(s) - P_T: a few in-place passes over the [N, V] logits where autograd's
+log_softmax + kl_div chain allocates and walks several (`closed_form=False` keeps that chain, the
+reference the tests and `python -m distill bench --part loss` compare against).
+
 Large vocabularies: `chunked_divergence` and `chunked_cross_entropy` start from hidden states and
 LM heads, and compute logits a chunk of positions at a time under activation checkpointing, so the
 [positions x vocab] logits of both models never exist whole; backward recomputes each chunk's
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +52,27 @@ def _log_mixture(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> t
     return torch.logsumexp(torch.stack([a_log + math.log(weight_a), b_log + math.log1p(-weight_a)]), dim=0)
 
 
+class ForwardKL(torch.autograd.Function):
+    """KL(P_T || P_S) per row [N] from student logits s [N, V] (with gradient) and teacher logits t
+    (without), in float32: sum_v P_T (log P_T - s + logsumexp(s)), backward (softmax(s) - P_T) * grad."""
+
+    @staticmethod
+    def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        s = student_logits.float()
+        lse = torch.logsumexp(s, dim=-1)
+        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
+        p_t = t_log.exp()
+        kl = t_log.sub_(s).add_(lse.unsqueeze(-1)).mul_(p_t).sum(-1)  # t_log's buffer reused
+        ctx.save_for_backward(student_logits, lse, p_t)
+        return kl
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        student_logits, lse, p_t = ctx.saved_tensors
+        grad_logits = (student_logits.float() - lse.unsqueeze(-1)).exp_().sub_(p_t).mul_(grad.unsqueeze(-1))
+        return grad_logits.to(student_logits.dtype), None
+
+
 def per_position_divergence(
     name: str,
     teacher_logits: torch.Tensor,
@@ -53,10 +80,15 @@ def per_position_divergence(
     temperature: float = 1.0,
     jsd_beta: float = 0.5,
     skew_alpha: float = 0.1,
+    closed_form: bool = True,
 ) -> torch.Tensor:
-    """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N]."""
+    """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N].
+    Forward KL takes `ForwardKL`'s closed-form gradient unless `closed_form=False` or the teacher's
+    logits need a gradient too."""
     if temperature != 1.0:
         teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
+    if name == "forward_kl" and closed_form and not teacher_logits.requires_grad:
+        return ForwardKL.apply(student_logits, teacher_logits)
     t_log = F.log_softmax(teacher_logits.float(), dim=-1)
     s_log = F.log_softmax(student_logits.float(), dim=-1)
     if name == "forward_kl":
@@ -109,6 +141,7 @@ def chunked_divergence(
     temperature: float = 1.0,
     jsd_beta: float = 0.5,
     skew_alpha: float = 0.1,
+    closed_form: bool = True,
 ) -> torch.Tensor:
     """Per-position divergence [N] from hidden states [N, Hs] / [N, Ht] and the two LM heads.
 
@@ -124,7 +157,9 @@ def chunked_divergence(
         s_logits = student_head(hs)[..., :vocab_size]  # [n, V]
         with torch.no_grad():
             t_logits = teacher_head(ht)[..., :vocab_size]  # [n, V]
-        return per_position_divergence(name, t_logits, s_logits, temperature, jsd_beta, skew_alpha)
+        return per_position_divergence(
+            name, t_logits, s_logits, temperature, jsd_beta, skew_alpha, closed_form
+        )
 
     n = student_hidden.shape[0]
     if n == 0:

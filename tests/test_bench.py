@@ -2,6 +2,7 @@
 (the figures themselves are measurements, printed by the command, never asserted here)."""
 
 import json
+import os
 
 import pytest
 
@@ -31,6 +32,11 @@ def test_bench_reports_both_parts(tmp_path, shapes, capsys):
         assert [r["mode"] for r in results["steps"][mode]["rounds"]] == [mode, mode]
     loss = results["loss"]
     assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
+    assert loss["chunked_autograd_kl"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
+    assert "closed-form KL gradient (losses.ForwardKL) / autograd's: time" in printed
+    # main() asks for huge pages unless the environment said otherwise; the comparison row runs without
+    assert loss["chunked"]["huge_pages"] == (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
+    assert not loss["chunked_small_pages"]["huge_pages"]
     assert not out.with_name(out.name + ".partial").exists()
 
 
