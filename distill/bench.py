@@ -252,7 +252,6 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
         "chunked_small_pages": small_pages,
         "memory_ratio": chunked["peak_mib"] / naive["peak_mib"],
         "time_ratio": chunked["seconds"] / naive["seconds"],
-        "closed_form_time_ratio": chunked["seconds"] / autograd["seconds"],
     }
 
 
@@ -362,6 +361,39 @@ def spread(values: list[float]) -> str:
     return f" ({min(values):.2f}-{max(values):.2f})" if max(values) > min(values) else ""
 
 
+def report_loss(r: dict[str, Any]) -> list[str]:
+    """The loss part's table: each form measured, then each ratio against the kit's chunked form."""
+    s, chunked = r["spec"], r["chunked"]
+    forms = [("naive (whole logits)", r["naive"]), (f"chunked ({r['chunk_size']} positions)", chunked)]
+    ratios = [
+        f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
+        f"loss difference {abs(r['naive']['loss'] - chunked['loss']):.2e}"
+    ]
+
+    def against(label: str, other: dict[str, Any]) -> str:
+        return (
+            f"{label}: time {chunked['seconds'] / other['seconds']:.2f}x, "
+            f"memory {chunked['peak_mib'] / other['peak_mib']:.2f}x"
+        )
+
+    autograd = r.get("chunked_autograd_kl")
+    if autograd:
+        forms.append(("chunked, KL gradient through autograd (log_softmax + kl_div)", autograd))
+        ratios.append(against("closed-form KL gradient (losses.ForwardKL) / autograd's", autograd))
+    small = r.get("chunked_small_pages")
+    if small and chunked["huge_pages"]:
+        forms.append((f"chunked, 4 KiB pages only ({HUGE_PAGES}=0)", small))
+        ratios.append(against(f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages", small))
+    return [
+        f"KD loss alone (forward KL, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
+        f"student width {s['student_hidden']}, teacher width {s['teacher_hidden']}, on {r['naive']['device']}:",
+        "| form | peak memory above inputs (MiB) | time (s) | loss |",
+        "|---|---|---|---|",
+        *(f"| {label} | {m['peak_mib']:.0f} | {m['seconds']:.2f} | {m['loss']:.6f} |" for label, m in forms),
+        *ratios,
+    ]
+
+
 def report(results: dict[str, Any]) -> str:
     lines = []
     if "steps" in results:
@@ -407,40 +439,7 @@ def report(results: dict[str, Any]) -> str:
             )
         lines.append("")
     if "loss" in results:
-        r = results["loss"]
-        s = r["spec"]
-        lines += [
-            f"KD loss alone (forward KL, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
-            f"student width {s['student_hidden']}, teacher width {s['teacher_hidden']}, on {r['naive']['device']}:",
-            "| form | peak memory above inputs (MiB) | time (s) | loss |",
-            "|---|---|---|---|",
-            f"| naive (whole logits) | {r['naive']['peak_mib']:.0f} | {r['naive']['seconds']:.2f} | {r['naive']['loss']:.6f} |",
-            f"| chunked ({r['chunk_size']} positions) | {r['chunked']['peak_mib']:.0f} | {r['chunked']['seconds']:.2f} | {r['chunked']['loss']:.6f} |",
-            f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
-            f"loss difference {abs(r['naive']['loss'] - r['chunked']['loss']):.2e}",
-        ]
-        autograd = r.get("chunked_autograd_kl")
-        if autograd:
-            lines.insert(
-                -1,
-                f"| chunked, KL gradient through autograd (log_softmax + kl_div) | {autograd['peak_mib']:.0f} | "
-                f"{autograd['seconds']:.2f} | {autograd['loss']:.6f} |",
-            )
-            lines.append(
-                f"closed-form KL gradient (losses.ForwardKL) / autograd's: time {r['closed_form_time_ratio']:.2f}x, "
-                f"memory {r['chunked']['peak_mib'] / autograd['peak_mib']:.2f}x"
-            )
-        small = r.get("chunked_small_pages")
-        if small and r["chunked"]["huge_pages"]:
-            lines.insert(
-                -1 - bool(autograd),
-                f"| chunked, 4 KiB pages only ({HUGE_PAGES}=0) | {small['peak_mib']:.0f} | {small['seconds']:.2f} "
-                f"| {small['loss']:.6f} |",
-            )
-            lines.append(
-                f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages: time "
-                f"{r['chunked']['seconds'] / small['seconds']:.2f}x, memory {r['chunked']['peak_mib'] / small['peak_mib']:.2f}x"
-            )
+        lines += report_loss(results["loss"])
     if "paired" in results:
         lines += report_paired(results["paired"], results["paired"]["weights"])
     if "scale" in results:
