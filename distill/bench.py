@@ -24,11 +24,15 @@ step and data loading, and no memory figures, but far less spread than processes
 
     python -m distill bench --part paired --methods kd,iva,tpa-kv,align-ti
 
-Part "loss": the KD loss (forward KL) alone, forward and backward, on random hidden states of
---positions positions and LM heads of --vocab rows (student width --student-hidden, teacher width
---teacher-hidden), naive (whole logits) vs chunked (--chunk-size positions at a time), each in its
-own process, timed after a warm-up on 64 positions. Reported: peak memory above the inputs, time,
-and the two loss values (they must agree).
+Part "loss": the KD loss (forward KL; --divergence reverse_kl or jsd for EM-KD's and GKD's) alone,
+forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
+(student width --student-hidden, teacher width --teacher-hidden), naive (whole logits) vs chunked
+(--chunk-size positions at a time), and the chunked form twice more: with the divergence's gradient
+through autograd's chain instead of its closed form, and on 4 KiB pages only; each in its own
+process, timed after a warm-up on 64 positions. Reported: peak memory above the inputs, time, and
+the loss values (they must agree).
+
+    python -m distill bench --part loss --divergence jsd
 
 Part "scale" (distill/bench_scale.py; only when asked for): a Qwen2-0.5B-shaped student distilled
 from a Qwen2-1.5B-shaped teacher for 20 steps through accelerate + DeepSpeed ZeRO-2, bf16 on a GPU.
@@ -62,6 +66,8 @@ from distill.process_memory import HUGE_PAGES, current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
+# the divergences the loss part times, each with the autograd Function of its closed-form gradient
+CLOSED_FORMS = {"forward_kl": "ForwardKL", "reverse_kl": "ReverseKL", "jsd": "GeneralizedJSD"}
 
 
 # -- measurement helpers (run inside the worker process) ------------------------------------------
@@ -88,7 +94,7 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 teacher_hidden[positions],
                 student_head,
                 teacher_head,
-                "forward_kl",
+                spec.get("divergence", "forward_kl"),
                 spec["chunk_size"],
                 closed_form=spec.get("closed_form", True),
             ),
@@ -236,10 +242,12 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
         "vocab": args.vocab,
         "student_hidden": args.student_hidden,
         "teacher_hidden": args.teacher_hidden,
+        "divergence": args.divergence,
     }
     naive = in_subprocess("loss", {**spec, "chunk_size": 0})
     chunked = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size})
-    # the same chunks with the KL's gradient through autograd's log_softmax + kl_div (losses.ForwardKL)
+    # the same chunks with the divergence's gradient through autograd's log_softmax + kl_div chain
+    # instead of its closed form (losses.ForwardKL, ReverseKL, GeneralizedJSD)
     autograd = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size, "closed_form": False})
     # the same chunks on 4 KiB pages only: what distill/__main__.py's default of HUGE_PAGES saves
     small_pages = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size}, env={HUGE_PAGES: "0"})
@@ -248,7 +256,7 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "naive": naive,
         "chunked": chunked,
-        "chunked_autograd_kl": autograd,
+        "chunked_autograd": autograd,
         "chunked_small_pages": small_pages,
         "memory_ratio": chunked["peak_mib"] / naive["peak_mib"],
         "time_ratio": chunked["seconds"] / naive["seconds"],
@@ -364,6 +372,7 @@ def spread(values: list[float]) -> str:
 def report_loss(r: dict[str, Any]) -> list[str]:
     """The loss part's table: each form measured, then each ratio against the kit's chunked form."""
     s, chunked = r["spec"], r["chunked"]
+    divergence = s.get("divergence", "forward_kl")
     forms = [("naive (whole logits)", r["naive"]), (f"chunked ({r['chunk_size']} positions)", chunked)]
     ratios = [
         f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
@@ -376,16 +385,18 @@ def report_loss(r: dict[str, Any]) -> list[str]:
             f"memory {chunked['peak_mib'] / other['peak_mib']:.2f}x"
         )
 
-    autograd = r.get("chunked_autograd_kl")
+    autograd = r.get("chunked_autograd")
     if autograd:
-        forms.append(("chunked, KL gradient through autograd (log_softmax + kl_div)", autograd))
-        ratios.append(against("closed-form KL gradient (losses.ForwardKL) / autograd's", autograd))
+        forms.append(("chunked, gradient through autograd (log_softmax + kl_div)", autograd))
+        ratios.append(
+            against(f"closed-form gradient (losses.{CLOSED_FORMS[divergence]}) / autograd's", autograd)
+        )
     small = r.get("chunked_small_pages")
     if small and chunked["huge_pages"]:
         forms.append((f"chunked, 4 KiB pages only ({HUGE_PAGES}=0)", small))
         ratios.append(against(f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages", small))
     return [
-        f"KD loss alone (forward KL, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
+        f"Distillation loss alone ({divergence}, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
         f"student width {s['student_hidden']}, teacher width {s['teacher_hidden']}, on {r['naive']['device']}:",
         "| form | peak memory above inputs (MiB) | time (s) | loss |",
         "|---|---|---|---|",
@@ -496,6 +507,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-hidden", type=int, default=896, help="student width (Qwen2-0.5B: 896)")
     parser.add_argument("--teacher-hidden", type=int, default=1536, help="teacher width (Qwen2-1.5B: 1536)")
     parser.add_argument("--chunk-size", type=int, default=512, help="positions per chunk of the chunked loss")
+    parser.add_argument(
+        "--divergence",
+        choices=list(CLOSED_FORMS),
+        default="forward_kl",
+        help="the divergence of the loss-only test: forward_kl (KD, IVA, TPA), reverse_kl (EM-KD's VSD) or "
+        "jsd (GKD; beta 0.5)",
+    )
     parser.add_argument(
         "--out", default="runs/bench/distill_bench.json", help="write the figures here as JSON"
     )

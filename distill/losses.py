@@ -10,10 +10,18 @@ Per-position divergences take teacher and student logits [N, V] and return [N]:
     skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
     tvd          0.5 * sum |P_T - P_S|
 
-Forward KL, the divergence of KD, IVA and TPA, runs through `ForwardKL`, whose backward is the
-closed form softmax(s) - P_T: a few in-place passes over the [N, V] logits where autograd's
-log_softmax + kl_div chain allocates and walks several (`closed_form=False` keeps that chain, the
-reference the tests and `python -m distill bench --part loss` compare against).
+Forward KL, reverse KL and the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) run through
+autograd Functions whose backward is the gradient in closed form, with Q = softmax(s), s the
+student's logits:
+
+    ForwardKL       dKL(P_T||Q)/ds = Q - P_T
+    ReverseKL       dKL(Q||P_T)/ds = Q * (log Q - log P_T - KL(Q||P_T))
+    GeneralizedJSD  dJSD_b/ds      = (1-b) * Q * (log Q - log M - KL(Q||M))   (the P_T terms cancel)
+
+each a few in-place passes over the [N, V] logits where autograd's log_softmax + kl_div (+ logsumexp
+of the mixture) chain allocates and walks several (`closed_form=False` keeps that chain, the
+reference the tests and `python -m distill bench --part loss --divergence ...` compare against).
+The teacher's logits never get a gradient from them; where they need one the chain is used.
 
 Large vocabularies: `chunked_divergence` and `chunked_cross_entropy` start from hidden states and
 LM heads, and compute logits a chunk of positions at a time under activation checkpointing, so the
@@ -73,6 +81,69 @@ class ForwardKL(torch.autograd.Function):
         return grad_logits.to(student_logits.dtype), None
 
 
+class ReverseKL(torch.autograd.Function):
+    """KL(Q || P_T) per row [N] from student logits s [N, V] (with gradient) and teacher logits t
+    (without), in float32; backward Q * (log Q - log P_T - KL) * grad."""
+
+    @staticmethod
+    def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        s = student_logits.float()
+        lse = torch.logsumexp(s, dim=-1)
+        q_log = s - lse.unsqueeze(-1)
+        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
+        q = q_log.exp()
+        kl = q_log.sub_(t_log).mul_(q).sum(-1)
+        ctx.save_for_backward(student_logits, lse, t_log, kl)
+        return kl
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        student_logits, lse, t_log, kl = ctx.saved_tensors
+        q_log = student_logits.float() - lse.unsqueeze(-1)
+        q = q_log.exp()
+        grad_logits = q_log.sub_(t_log).sub_(kl.unsqueeze(-1)).mul_(q).mul_(grad.unsqueeze(-1))
+        return grad_logits.to(student_logits.dtype), None
+
+
+class GeneralizedJSD(torch.autograd.Function):
+    """b*KL(P_T || M) + (1-b)*KL(Q || M), M = b*P_T + (1-b)*Q, per row [N], for 0 < b < 1, from
+    student logits s [N, V] (with gradient) and teacher logits (without), in float32; backward
+    (1-b) * Q * (log Q - log M - KL(Q||M)) * grad."""
+
+    @staticmethod
+    def _log_mixture(t_log: torch.Tensor, q_log: torch.Tensor, beta: float) -> torch.Tensor:
+        mixture = t_log + math.log(beta)
+        return torch.logaddexp(mixture, q_log + math.log1p(-beta), out=mixture)
+
+    @staticmethod
+    def forward(
+        ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
+    ) -> torch.Tensor:
+        s = student_logits.float()
+        lse = torch.logsumexp(s, dim=-1)
+        q_log = s - lse.unsqueeze(-1)
+        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
+        m_log = GeneralizedJSD._log_mixture(t_log, q_log, beta)
+        p_t = t_log.exp()
+        kl_teacher = (t_log - m_log).mul_(p_t).sum(-1)
+        q = torch.exp(q_log, out=p_t)
+        kl_student = q_log.sub_(m_log).mul_(q).sum(-1)
+        ctx.beta = beta
+        ctx.save_for_backward(student_logits, lse, t_log, kl_student)
+        return beta * kl_teacher + (1 - beta) * kl_student
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        student_logits, lse, t_log, kl_student = ctx.saved_tensors
+        q_log = student_logits.float() - lse.unsqueeze(-1)
+        m_log = GeneralizedJSD._log_mixture(t_log, q_log, ctx.beta)
+        q = q_log.exp()
+        grad_logits = (
+            q_log.sub_(m_log).sub_(kl_student.unsqueeze(-1)).mul_(q).mul_((1 - ctx.beta) * grad.unsqueeze(-1))
+        )
+        return grad_logits.to(student_logits.dtype), None, None
+
+
 def per_position_divergence(
     name: str,
     teacher_logits: torch.Tensor,
@@ -83,12 +154,19 @@ def per_position_divergence(
     closed_form: bool = True,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N].
-    Forward KL takes `ForwardKL`'s closed-form gradient unless `closed_form=False` or the teacher's
-    logits need a gradient too."""
+    Forward KL, reverse KL and the JSD take their closed-form gradients (`ForwardKL`, `ReverseKL`,
+    `GeneralizedJSD`) unless `closed_form=False` or the teacher's logits need a gradient too."""
     if temperature != 1.0:
         teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
-    if name == "forward_kl" and closed_form and not teacher_logits.requires_grad:
-        return ForwardKL.apply(student_logits, teacher_logits)
+    if closed_form and not teacher_logits.requires_grad:
+        if name == "jsd" and jsd_beta in (0.0, 1.0):
+            name = "forward_kl" if jsd_beta == 0.0 else "reverse_kl"
+        if name == "forward_kl":
+            return ForwardKL.apply(student_logits, teacher_logits)
+        if name == "reverse_kl":
+            return ReverseKL.apply(student_logits, teacher_logits)
+        if name == "jsd":
+            return GeneralizedJSD.apply(student_logits, teacher_logits, jsd_beta)
     t_log = F.log_softmax(teacher_logits.float(), dim=-1)
     s_log = F.log_softmax(student_logits.float(), dim=-1)
     if name == "forward_kl":

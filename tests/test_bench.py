@@ -32,12 +32,27 @@ def test_bench_reports_both_parts(tmp_path, shapes, capsys):
         assert [r["mode"] for r in results["steps"][mode]["rounds"]] == [mode, mode]
     loss = results["loss"]
     assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
-    assert loss["chunked_autograd_kl"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
-    assert "closed-form KL gradient (losses.ForwardKL) / autograd's: time" in printed
+    assert loss["chunked_autograd"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
+    assert "closed-form gradient (losses.ForwardKL) / autograd's: time" in printed
     # main() asks for huge pages unless the environment said otherwise; the comparison row runs without
     assert loss["chunked"]["huge_pages"] == (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
     assert not loss["chunked_small_pages"]["huge_pages"]
     assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_bench_loss_part_times_the_jsd_against_its_autograd_chain(tmp_path, capsys):
+    out = tmp_path / "loss.json"
+    args = ["bench", "--part", "loss", "--divergence", "jsd", "--positions", "80", "--vocab", "500"]
+    args += ["--student-hidden", "16", "--teacher-hidden", "24", "--chunk-size", "32", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Distillation loss alone (jsd, forward + backward), 80 positions x 500 vocabulary" in printed
+    assert "closed-form gradient (losses.GeneralizedJSD) / autograd's: time" in printed
+    loss = json.loads(out.read_text())["loss"]
+    assert loss["spec"]["divergence"] == "jsd"
+    values = [loss[form]["loss"] for form in ("naive", "chunked", "chunked_autograd", "chunked_small_pages")]
+    assert 0 < values[0] <= 0.6932  # a JSD at beta 0.5 lies in (0, log 2]
+    assert values == pytest.approx([values[0]] * 4, rel=1e-5)
 
 
 @pytest.mark.slow

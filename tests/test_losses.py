@@ -42,18 +42,23 @@ def test_forward_kl_matches_the_definition():
     assert torch.allclose(per_position_divergence("tvd", t, s), 0.5 * (p - q).abs().sum(-1), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "name, beta",
+    [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("jsd", 1.0)],
+)
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_closed_form_forward_kl_equals_autograds_chain(temperature, dtype):
-    """ForwardKL's values and its closed-form gradient against log_softmax + kl_div through autograd,
-    under a non-uniform upstream gradient, for float32 and bfloat16 student logits."""
+def test_closed_form_divergences_equal_autograds_chain(name, beta, temperature, dtype):
+    """ForwardKL's, ReverseKL's and GeneralizedJSD's values and closed-form gradients against the
+    log_softmax + kl_div chain through autograd, under a non-uniform upstream gradient, for float32
+    and bfloat16 student logits."""
     teacher = _logits(n=9, v=40, seed=3).to(dtype)
     student = _logits(n=9, v=40, seed=4).to(dtype)
     upstream = torch.linspace(0.5, 2.0, 9)
     values, grads = [], []
     for closed_form in (True, False):
         s = student.clone().requires_grad_()
-        kl = per_position_divergence("forward_kl", teacher, s, temperature, closed_form=closed_form)
+        kl = per_position_divergence(name, teacher, s, temperature, beta, closed_form=closed_form)
         (kl * upstream).sum().backward()
         values.append(kl.detach())
         grads.append(s.grad.float())
@@ -63,9 +68,10 @@ def test_closed_form_forward_kl_equals_autograds_chain(temperature, dtype):
     assert grads[0].abs().max() > 1e-3  # a gradient that can be wrong
 
 
-def test_forward_kl_keeps_autograd_when_the_teacher_needs_a_gradient():
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_divergences_keep_autograd_when_the_teacher_needs_a_gradient(name):
     teacher = _logits(seed=5).requires_grad_()
-    per_position_divergence("forward_kl", teacher, _logits(seed=6)).sum().backward()
+    per_position_divergence(name, teacher, _logits(seed=6)).sum().backward()
     assert teacher.grad is not None and teacher.grad.abs().sum() > 0
 
 
