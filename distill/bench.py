@@ -27,8 +27,9 @@ step and data loading, and no memory figures, but far less spread than processes
 Part "loss": the KD loss (forward KL; --divergence reverse_kl or jsd for EM-KD's and GKD's) alone,
 forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
 (student width --student-hidden, teacher width --teacher-hidden), naive (whole logits) vs chunked
-(--chunk-size positions at a time), and the chunked form twice more: with the divergence's gradient
-through autograd's chain instead of its closed form, and on 4 KiB pages only; each in its own
+(--chunk-size positions at a time, closed_form.HeadDivergence), and the chunked form three times
+more: under torch.utils.checkpoint instead, so again with the divergence's gradient through
+autograd's chain instead of its closed form, and on 4 KiB pages only; each in its own
 process, timed after a warm-up on 64 positions. Reported: peak memory above the inputs, time, and
 the loss values (they must agree).
 
@@ -61,13 +62,12 @@ from distill.bench_methods import METHODS
 from distill.bench_paired import bench_paired, report_paired
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
+from distill.closed_form import CLOSED_FORMS
 from distill.configuration import ConfigError
 from distill.process_memory import HUGE_PAGES, current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-# the divergences the loss part times, each with the autograd Function of its closed-form gradient
-CLOSED_FORMS = {"forward_kl": "ForwardKL", "reverse_kl": "ReverseKL", "jsd": "GeneralizedJSD"}
 
 
 # -- measurement helpers (run inside the worker process) ------------------------------------------
@@ -97,6 +97,7 @@ def loss_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 spec.get("divergence", "forward_kl"),
                 spec["chunk_size"],
                 closed_form=spec.get("closed_form", True),
+                head_function=spec.get("head_function", True),
             ),
             n,
         )
@@ -246,8 +247,9 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
     }
     naive = in_subprocess("loss", {**spec, "chunk_size": 0})
     chunked = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size})
-    # the same chunks with the divergence's gradient through autograd's log_softmax + kl_div chain
-    # instead of its closed form (losses.ForwardKL, ReverseKL, GeneralizedJSD)
+    # the same chunks under torch.utils.checkpoint (closed_form.LogitsDivergence in each), and so
+    # again with the divergence's gradient through autograd's log_softmax + kl_div chain
+    checkpointed = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size, "head_function": False})
     autograd = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size, "closed_form": False})
     # the same chunks on 4 KiB pages only: what distill/__main__.py's default of HUGE_PAGES saves
     small_pages = in_subprocess("loss", {**spec, "chunk_size": args.chunk_size}, env={HUGE_PAGES: "0"})
@@ -256,6 +258,7 @@ def bench_loss(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "naive": naive,
         "chunked": chunked,
+        "chunked_checkpointed": checkpointed,
         "chunked_autograd": autograd,
         "chunked_small_pages": small_pages,
         "memory_ratio": chunked["peak_mib"] / naive["peak_mib"],
@@ -373,28 +376,36 @@ def report_loss(r: dict[str, Any]) -> list[str]:
     """The loss part's table: each form measured, then each ratio against the kit's chunked form."""
     s, chunked = r["spec"], r["chunked"]
     divergence = s.get("divergence", "forward_kl")
-    forms = [("naive (whole logits)", r["naive"]), (f"chunked ({r['chunk_size']} positions)", chunked)]
+    forms = [
+        ("naive (whole logits)", r["naive"]),
+        (f"chunked ({r['chunk_size']} positions; closed_form.HeadDivergence)", chunked),
+    ]
     ratios = [
         f"chunked / naive: memory {100 * r['memory_ratio']:.1f}%, time {r['time_ratio']:.2f}x, "
         f"loss difference {abs(r['naive']['loss'] - chunked['loss']):.2e}"
     ]
 
-    def against(label: str, other: dict[str, Any]) -> str:
-        return (
-            f"{label}: time {chunked['seconds'] / other['seconds']:.2f}x, "
-            f"memory {chunked['peak_mib'] / other['peak_mib']:.2f}x"
-        )
+    def against(label: str, form: dict[str, Any], other: dict[str, Any]) -> str:
+        def ratio(key: str) -> str:  # a small test's peak can be 0 MiB above its inputs
+            return f"{form[key] / other[key]:.2f}x" if other[key] > 0 else "n/a"
 
-    autograd = r.get("chunked_autograd")
-    if autograd:
-        forms.append(("chunked, gradient through autograd (log_softmax + kl_div)", autograd))
+        return f"{label}: time {ratio('seconds')}, memory {ratio('peak_mib')}"
+
+    checkpointed, autograd = r.get("chunked_checkpointed"), r.get("chunked_autograd")
+    if checkpointed:
+        forms.append(("chunked, torch.utils.checkpoint over closed_form.LogitsDivergence", checkpointed))
+        ratios.append(against("HeadDivergence / checkpointed chunks", chunked, checkpointed))
+    if checkpointed and autograd:
+        forms.append(("chunked, checkpointed, gradient through autograd (log_softmax + kl_div)", autograd))
         ratios.append(
-            against(f"closed-form gradient (losses.{CLOSED_FORMS[divergence]}) / autograd's", autograd)
+            against("closed-form gradient / autograd's (both checkpointed)", checkpointed, autograd)
         )
     small = r.get("chunked_small_pages")
     if small and chunked["huge_pages"]:
         forms.append((f"chunked, 4 KiB pages only ({HUGE_PAGES}=0)", small))
-        ratios.append(against(f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages", small))
+        ratios.append(
+            against(f"huge pages ({HUGE_PAGES}=1, the kit's default) / 4 KiB pages", chunked, small)
+        )
     return [
         f"Distillation loss alone ({divergence}, forward + backward), {s['positions']} positions x {s['vocab']:,} vocabulary, "
         f"student width {s['student_hidden']}, teacher width {s['teacher_hidden']}, on {r['naive']['device']}:",

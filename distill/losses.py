@@ -10,23 +10,18 @@ Per-position divergences take teacher and student logits [N, V] and return [N]:
     skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
     tvd          0.5 * sum |P_T - P_S|
 
-Forward KL, reverse KL and the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) run through
-autograd Functions whose backward is the gradient in closed form, with Q = softmax(s), s the
-student's logits:
-
-    ForwardKL       dKL(P_T||Q)/ds = Q - P_T
-    ReverseKL       dKL(Q||P_T)/ds = Q * (log Q - log P_T - KL(Q||P_T))
-    GeneralizedJSD  dJSD_b/ds      = (1-b) * Q * (log Q - log M - KL(Q||M))   (the P_T terms cancel)
-
-each a few in-place passes over the [N, V] logits where autograd's log_softmax + kl_div (+ logsumexp
-of the mixture) chain allocates and walks several (`closed_form=False` keeps that chain, the
-reference the tests and `python -m distill bench --part loss --divergence ...` compare against).
-The teacher's logits never get a gradient from them; where they need one the chain is used.
+Forward KL, reverse KL and the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) take their
+gradients in closed form (distill/closed_form.py): a few in-place passes over the logits where
+autograd's log_softmax + kl_div chain allocates and walks several. `closed_form=False` keeps that
+chain, the reference the tests and `python -m distill bench --part loss --divergence ...` compare
+against; it is also used where the teacher's logits need a gradient.
 
 Large vocabularies: `chunked_divergence` and `chunked_cross_entropy` start from hidden states and
-LM heads, and compute logits a chunk of positions at a time under activation checkpointing, so the
-[positions x vocab] logits of both models never exist whole; backward recomputes each chunk's
-logits. They equal the naive form, gradients included (tests/test_losses.py).
+LM heads, and compute logits a chunk of positions at a time, so the [positions x vocab] logits of
+both models never exist whole; backward recomputes each chunk's logits. For the closed-form
+divergences and plain weight-matrix heads that is closed_form.HeadDivergence (one head-gradient
+buffer for all chunks); otherwise activation checkpointing of each chunk. They equal the naive form,
+gradients included (tests/test_losses.py).
 
 IVA (Align-TI): `attention_weights(alpha)` turns the teacher's instruction-to-vision attention
 into per-visual-token weights; the loss is sum_k w_k * KL_k per sample, from `chunked_divergence`
@@ -40,11 +35,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from distill.closed_form import (
+    CLOSED_FORMS,
+    HeadCrossEntropy,
+    HeadDivergence,
+    HeadSpec,
+    LogitsDivergence,
+    chunks,
+)
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
@@ -60,90 +63,6 @@ def _log_mixture(a_log: torch.Tensor, b_log: torch.Tensor, weight_a: float) -> t
     return torch.logsumexp(torch.stack([a_log + math.log(weight_a), b_log + math.log1p(-weight_a)]), dim=0)
 
 
-class ForwardKL(torch.autograd.Function):
-    """KL(P_T || P_S) per row [N] from student logits s [N, V] (with gradient) and teacher logits t
-    (without), in float32: sum_v P_T (log P_T - s + logsumexp(s)), backward (softmax(s) - P_T) * grad."""
-
-    @staticmethod
-    def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        s = student_logits.float()
-        lse = torch.logsumexp(s, dim=-1)
-        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
-        p_t = t_log.exp()
-        kl = t_log.sub_(s).add_(lse.unsqueeze(-1)).mul_(p_t).sum(-1)  # t_log's buffer reused
-        ctx.save_for_backward(student_logits, lse, p_t)
-        return kl
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        student_logits, lse, p_t = ctx.saved_tensors
-        grad_logits = (student_logits.float() - lse.unsqueeze(-1)).exp_().sub_(p_t).mul_(grad.unsqueeze(-1))
-        return grad_logits.to(student_logits.dtype), None
-
-
-class ReverseKL(torch.autograd.Function):
-    """KL(Q || P_T) per row [N] from student logits s [N, V] (with gradient) and teacher logits t
-    (without), in float32; backward Q * (log Q - log P_T - KL) * grad."""
-
-    @staticmethod
-    def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        s = student_logits.float()
-        lse = torch.logsumexp(s, dim=-1)
-        q_log = s - lse.unsqueeze(-1)
-        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
-        q = q_log.exp()
-        kl = q_log.sub_(t_log).mul_(q).sum(-1)
-        ctx.save_for_backward(student_logits, lse, t_log, kl)
-        return kl
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        student_logits, lse, t_log, kl = ctx.saved_tensors
-        q_log = student_logits.float() - lse.unsqueeze(-1)
-        q = q_log.exp()
-        grad_logits = q_log.sub_(t_log).sub_(kl.unsqueeze(-1)).mul_(q).mul_(grad.unsqueeze(-1))
-        return grad_logits.to(student_logits.dtype), None
-
-
-class GeneralizedJSD(torch.autograd.Function):
-    """b*KL(P_T || M) + (1-b)*KL(Q || M), M = b*P_T + (1-b)*Q, per row [N], for 0 < b < 1, from
-    student logits s [N, V] (with gradient) and teacher logits (without), in float32; backward
-    (1-b) * Q * (log Q - log M - KL(Q||M)) * grad."""
-
-    @staticmethod
-    def _log_mixture(t_log: torch.Tensor, q_log: torch.Tensor, beta: float) -> torch.Tensor:
-        mixture = t_log + math.log(beta)
-        return torch.logaddexp(mixture, q_log + math.log1p(-beta), out=mixture)
-
-    @staticmethod
-    def forward(
-        ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float
-    ) -> torch.Tensor:
-        s = student_logits.float()
-        lse = torch.logsumexp(s, dim=-1)
-        q_log = s - lse.unsqueeze(-1)
-        t_log = F.log_softmax(teacher_logits.float(), dim=-1)
-        m_log = GeneralizedJSD._log_mixture(t_log, q_log, beta)
-        p_t = t_log.exp()
-        kl_teacher = (t_log - m_log).mul_(p_t).sum(-1)
-        q = torch.exp(q_log, out=p_t)
-        kl_student = q_log.sub_(m_log).mul_(q).sum(-1)
-        ctx.beta = beta
-        ctx.save_for_backward(student_logits, lse, t_log, kl_student)
-        return beta * kl_teacher + (1 - beta) * kl_student
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        student_logits, lse, t_log, kl_student = ctx.saved_tensors
-        q_log = student_logits.float() - lse.unsqueeze(-1)
-        m_log = GeneralizedJSD._log_mixture(t_log, q_log, ctx.beta)
-        q = q_log.exp()
-        grad_logits = (
-            q_log.sub_(m_log).sub_(kl_student.unsqueeze(-1)).mul_(q).mul_((1 - ctx.beta) * grad.unsqueeze(-1))
-        )
-        return grad_logits.to(student_logits.dtype), None, None
-
-
 def per_position_divergence(
     name: str,
     teacher_logits: torch.Tensor,
@@ -154,19 +73,12 @@ def per_position_divergence(
     closed_form: bool = True,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, per position. [N, V] -> [N].
-    Forward KL, reverse KL and the JSD take their closed-form gradients (`ForwardKL`, `ReverseKL`,
-    `GeneralizedJSD`) unless `closed_form=False` or the teacher's logits need a gradient too."""
+    Forward KL, reverse KL and the JSD take their closed-form gradients (closed_form.LogitsDivergence)
+    unless `closed_form=False` or the teacher's logits need a gradient too."""
     if temperature != 1.0:
         teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
-    if closed_form and not teacher_logits.requires_grad:
-        if name == "jsd" and jsd_beta in (0.0, 1.0):
-            name = "forward_kl" if jsd_beta == 0.0 else "reverse_kl"
-        if name == "forward_kl":
-            return ForwardKL.apply(student_logits, teacher_logits)
-        if name == "reverse_kl":
-            return ReverseKL.apply(student_logits, teacher_logits)
-        if name == "jsd":
-            return GeneralizedJSD.apply(student_logits, teacher_logits, jsd_beta)
+    if closed_form and name in CLOSED_FORMS and not teacher_logits.requires_grad:
+        return LogitsDivergence.apply(student_logits, teacher_logits, name, jsd_beta)
     t_log = F.log_softmax(teacher_logits.float(), dim=-1)
     s_log = F.log_softmax(student_logits.float(), dim=-1)
     if name == "forward_kl":
@@ -203,11 +115,6 @@ def normalized_sum(per_position: torch.Tensor, n_items: torch.Tensor | int | Non
     return per_position.sum() / n_items.to(per_position.device, per_position.dtype).clamp_min(1)
 
 
-def _chunks(n: int, chunk_size: int) -> list[slice]:
-    size = n if chunk_size <= 0 else chunk_size
-    return [slice(start, min(start + size, n)) for start in range(0, n, max(size, 1))]
-
-
 def chunked_divergence(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -220,11 +127,13 @@ def chunked_divergence(
     jsd_beta: float = 0.5,
     skew_alpha: float = 0.1,
     closed_form: bool = True,
+    head_function: bool = True,
 ) -> torch.Tensor:
     """Per-position divergence [N] from hidden states [N, Hs] / [N, Ht] and the two LM heads.
 
     `vocab_size` truncates both heads' outputs to the shared vocabulary (checkpoints often pad
-    their LM head beyond the tokenizer). `chunk_size` <= 0 computes everything at once."""
+    their LM head beyond the tokenizer). `chunk_size` <= 0 computes everything at once.
+    `head_function=False` keeps checkpointed chunks where closed_form.HeadDivergence would apply."""
     if student_hidden.shape[0] != teacher_hidden.shape[0]:
         raise ValueError(
             f"teacher and student disagree on the number of supervised positions "
@@ -245,11 +154,37 @@ def chunked_divergence(
     if chunk_size <= 0:
         return chunk_loss(student_hidden, teacher_hidden)
     teacher_hidden = teacher_hidden.detach()
+    if closed_form and head_function and name in CLOSED_FORMS:
+        weights = plain_weights(student_head, teacher_head, student_hidden, teacher_hidden)
+        if weights is not None:
+            spec = HeadSpec(name, chunk_size, vocab_size, temperature, jsd_beta)
+            return HeadDivergence.apply(student_hidden, weights[0], teacher_hidden, weights[1], spec)
     parts = [
         checkpoint(chunk_loss, student_hidden[s], teacher_hidden[s], use_reentrant=False)
-        for s in _chunks(n, chunk_size)
+        for s in chunks(n, chunk_size)
     ]
     return torch.cat(parts)
+
+
+def plain_weights(
+    student_head: Head, teacher_head: Head, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two heads' weight matrices where each head is exactly F.linear(h, weight): a bias-free
+    nn.Linear with no hooks (DeepSpeed ZeRO-3 and accelerate's offloading gather weights in hooks),
+    on its hidden states' device and dtype, outside autocast (whose dtypes the forward would have to
+    replay); else None, and the chunks go through checkpointing."""
+    pairs = ((student_head, student_hidden), (teacher_head, teacher_hidden))
+    for head, hidden in pairs:
+        if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+            return None
+        if head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook"):
+            return None
+        weight = head.weight
+        if hasattr(weight, "ds_id") or weight.device != hidden.device or weight.dtype != hidden.dtype:
+            return None
+        if torch.is_autocast_enabled(hidden.device.type):
+            return None
+    return student_head.weight, teacher_head.weight
 
 
 def chunked_cross_entropy(
@@ -258,8 +193,10 @@ def chunked_cross_entropy(
     targets: torch.Tensor,
     chunk_size: int = 1024,
     vocab_size: int | None = None,
+    head_function: bool = True,
 ) -> torch.Tensor:
-    """Per-position NLL [N] of `targets` from hidden states [N, H], a chunk of logits at a time."""
+    """Per-position NLL [N] of `targets` from hidden states [N, H], a chunk of logits at a time
+    (closed_form.HeadCrossEntropy for a plain weight-matrix head unless `head_function=False`)."""
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return per_position_cross_entropy(head(h)[..., :vocab_size], y)
@@ -269,8 +206,11 @@ def chunked_cross_entropy(
         return hidden.new_zeros(0, dtype=torch.float32)
     if chunk_size <= 0:
         return chunk_loss(hidden, targets)
+    weights = plain_weights(head, head, hidden, hidden) if head_function else None
+    if weights is not None:
+        return HeadCrossEntropy.apply(hidden, weights[0], targets, HeadSpec("nll", chunk_size, vocab_size))
     return torch.cat(
-        [checkpoint(chunk_loss, hidden[s], targets[s], use_reentrant=False) for s in _chunks(n, chunk_size)]
+        [checkpoint(chunk_loss, hidden[s], targets[s], use_reentrant=False) for s in chunks(n, chunk_size)]
     )
 
 

@@ -33,7 +33,9 @@ def test_bench_reports_both_parts(tmp_path, shapes, capsys):
     loss = results["loss"]
     assert loss["naive"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
     assert loss["chunked_autograd"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
-    assert "closed-form gradient (losses.ForwardKL) / autograd's: time" in printed
+    assert "closed-form gradient / autograd's (both checkpointed): time" in printed
+    assert "HeadDivergence / checkpointed chunks: time" in printed
+    assert loss["chunked_checkpointed"]["loss"] == pytest.approx(loss["chunked"]["loss"], rel=1e-5)
     # main() asks for huge pages unless the environment said otherwise; the comparison row runs without
     assert loss["chunked"]["huge_pages"] == (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
     assert not loss["chunked_small_pages"]["huge_pages"]
@@ -47,12 +49,13 @@ def test_bench_loss_part_times_the_jsd_against_its_autograd_chain(tmp_path, caps
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Distillation loss alone (jsd, forward + backward), 80 positions x 500 vocabulary" in printed
-    assert "closed-form gradient (losses.GeneralizedJSD) / autograd's: time" in printed
+    assert "HeadDivergence / checkpointed chunks: time" in printed
     loss = json.loads(out.read_text())["loss"]
     assert loss["spec"]["divergence"] == "jsd"
-    values = [loss[form]["loss"] for form in ("naive", "chunked", "chunked_autograd", "chunked_small_pages")]
+    forms = ("naive", "chunked", "chunked_checkpointed", "chunked_autograd", "chunked_small_pages")
+    values = [loss[form]["loss"] for form in forms]
     assert 0 < values[0] <= 0.6932  # a JSD at beta 0.5 lies in (0, log 2]
-    assert values == pytest.approx([values[0]] * 4, rel=1e-5)
+    assert values == pytest.approx([values[0]] * 5, rel=1e-5)
 
 
 @pytest.mark.slow

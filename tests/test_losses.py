@@ -156,3 +156,83 @@ def test_chunked_cross_entropy_equals_torch(chunk_size):
     want.sum().backward()
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(grad, hidden.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
+    """closed_form.HeadDivergence (one pass per chunk, one head-gradient buffer) against
+    torch.utils.checkpoint over each chunk: values, hidden-state and head gradients, with the heads
+    padded beyond the shared vocabulary and uneven chunks."""
+    student_head, teacher_head = _heads(v=53)
+    teacher_head.requires_grad_(False)
+    hidden = torch.randn(11, 16, requires_grad=True)
+    teacher_hidden = torch.randn(11, 24)
+    upstream = torch.linspace(0.5, 2.0, 11)
+    results = []
+    for head_function in (True, False):
+        hidden.grad = student_head.weight.grad = None
+        per_position = chunked_divergence(
+            hidden, teacher_hidden, student_head, teacher_head, name, 4, vocab_size=50,
+            temperature=temperature, jsd_beta=beta, head_function=head_function,
+        )  # fmt: skip
+        assert ("HeadDivergence" in per_position.grad_fn.name()) == head_function
+        (per_position * upstream).sum().backward()
+        results.append((per_position.detach(), hidden.grad.clone(), student_head.weight.grad.clone()))
+    for fused, checkpointed in zip(*results):
+        assert torch.allclose(fused, checkpointed, atol=1e-6)
+    assert torch.equal(results[0][2][50:], torch.zeros(3, 16))  # rows past the vocabulary get nothing
+    assert results[0][2].abs().max() > 1e-3
+
+
+def test_head_divergence_leaves_a_frozen_head_without_gradient():
+    student_head, teacher_head = _heads()
+    student_head.requires_grad_(False)
+    hidden = torch.randn(6, 16, requires_grad=True)
+    chunked_divergence(
+        hidden, torch.randn(6, 24), student_head, teacher_head, "forward_kl", 4
+    ).sum().backward()
+    assert hidden.grad is not None and student_head.weight.grad is None
+
+
+def test_heads_that_are_not_plain_weights_go_through_checkpointing():
+    """A head with a bias or a forward hook (DeepSpeed ZeRO-3 and accelerate gather weights in hooks),
+    or a pass under autocast, keeps the checkpointed chunks."""
+    student_head, teacher_head = _heads()
+    hidden, teacher_hidden = torch.randn(6, 16, requires_grad=True), torch.randn(6, 24)
+
+    def via(s_head, t_head):
+        return chunked_divergence(hidden, teacher_hidden, s_head, t_head, "forward_kl", 4).grad_fn.name()
+
+    assert "HeadDivergence" in via(student_head, teacher_head)
+    with_bias = torch.nn.Linear(16, 50)
+    assert "HeadDivergence" not in via(with_bias, teacher_head)
+    hooked = torch.nn.Linear(24, 50, bias=False)
+    hooked.register_forward_pre_hook(lambda module, args: None)
+    assert "HeadDivergence" not in via(student_head, hooked)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "HeadDivergence" not in via(student_head, teacher_head)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 100])
+def test_head_cross_entropy_equals_torch_with_gradients(chunk_size):
+    """closed_form.HeadCrossEntropy against F.cross_entropy on whole logits: values, hidden-state and
+    head gradients under a non-uniform upstream gradient, a head padded beyond the vocabulary, and
+    PyTorch's ignore index (-100) giving 0 and no gradient."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 33, bias=False)
+    hidden = torch.randn(9, 16, requires_grad=True)
+    targets = torch.randint(0, 30, (9,))
+    targets[3] = -100
+    upstream = torch.linspace(0.5, 2.0, 9)
+    got = chunked_cross_entropy(hidden, head, targets, chunk_size, vocab_size=30)
+    assert "HeadCrossEntropy" in got.grad_fn.name()
+    (got * upstream).sum().backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = head.weight.grad = None
+    want = F.cross_entropy(head(hidden)[:, :30], targets, reduction="none")
+    (want * upstream).sum().backward()
+    assert torch.allclose(got, want, atol=1e-6) and got[3] == 0
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-6)
+    assert torch.allclose(grads[1], head.weight.grad, atol=1e-6)
+    assert torch.equal(grads[1][30:], torch.zeros(3, 16)) and torch.equal(grads[0][3], torch.zeros(16))
