@@ -238,14 +238,18 @@ def head_gradients(
     before `scale` [N, 1] (the upstream gradient), adding every chunk's head gradient into one buffer."""
     want_hidden, want_weight = ctx.needs_input_grad[:2]
     grad_hidden = hidden.new_empty(hidden.shape) if want_hidden else None
-    grad_weight = torch.zeros_like(weight) if want_weight else None
+    grad_weight = torch.empty_like(weight) if want_weight else None
     head = weight[: spec.vocab_size]
-    for rows in chunks(hidden.shape[0], spec.chunk_size):
+    if want_weight:  # rows past the shared vocabulary (all rows when there is no position)
+        grad_weight[head.shape[0] if hidden.shape[0] else 0 :].zero_()
+    for index, rows in enumerate(chunks(hidden.shape[0], spec.chunk_size)):
         chunk_grad = grad_logits(rows).mul_(scale[rows]).to(head.dtype)
         if want_hidden:
             torch.mm(chunk_grad, head, out=grad_hidden[rows])
-        if want_weight:
-            grad_weight[: spec.vocab_size].addmm_(chunk_grad.t(), hidden[rows])
+        if want_weight and index == 0:  # the first chunk writes the buffer, later ones add to it
+            torch.mm(chunk_grad.t(), hidden[rows], out=grad_weight[: head.shape[0]])
+        elif want_weight:
+            grad_weight[: head.shape[0]].addmm_(chunk_grad.t(), hidden[rows])
     return grad_hidden, grad_weight
 
 
