@@ -188,43 +188,6 @@ class HeadDivergence(torch.autograd.Function):
         )
 
 
-class HeadCrossEntropy(torch.autograd.Function):
-    """Per-position negative log-likelihood [N] of `targets` under F.linear(h, W), a chunk of
-    positions at a time: forward keeps each position's logsumexp; backward recomputes the chunk's
-    logits and turns them into softmax - onehot(target) in place (a negative target, PyTorch's
-    ignore index, gives 0 and no gradient)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, spec: HeadSpec
-    ) -> torch.Tensor:
-        kept = targets >= 0
-        safe = targets.clamp_min(0).unsqueeze(-1)
-        values, lses = [], []
-        for rows in chunks(hidden.shape[0], spec.chunk_size):
-            logits = F.linear(hidden[rows], weight[: spec.vocab_size]).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            values.append(lse - logits.gather(-1, safe[rows]).squeeze(-1))
-            lses.append(lse)
-        ctx.spec = spec
-        ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
-        return torch.cat(values).where(kept, 0.0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, targets, lse = ctx.saved_tensors
-        spec: HeadSpec = ctx.spec
-        scale = grad.where(targets >= 0, 0.0).unsqueeze(-1)
-        safe = targets.clamp_min(0).unsqueeze(-1)
-
-        def grad_logits(rows: slice) -> torch.Tensor:
-            logits = F.linear(hidden[rows], weight[: spec.vocab_size]).float()
-            probabilities = logits.sub_(lse[rows].unsqueeze(-1)).exp_()
-            return probabilities.scatter_add_(-1, safe[rows], torch.full_like(lse[rows], -1.0).unsqueeze(-1))
-
-        return (*head_gradients(ctx, hidden, weight, spec, grad_logits, scale), None, None)
-
-
 def head_gradients(
     ctx: Any,
     hidden: torch.Tensor,

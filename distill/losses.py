@@ -20,8 +20,10 @@ Large vocabularies: `chunked_divergence` and `chunked_cross_entropy` start from 
 LM heads, and compute logits a chunk of positions at a time, so the [positions x vocab] logits of
 both models never exist whole; backward recomputes each chunk's logits. For the closed-form
 divergences and plain weight-matrix heads that is closed_form.HeadDivergence (one head-gradient
-buffer for all chunks); otherwise activation checkpointing of each chunk. They equal the naive form,
-gradients included (tests/test_losses.py).
+buffer for all chunks); otherwise, and for the cross-entropy, activation checkpointing of each
+chunk (a closed-form cross-entropy Function was tried and dropped: its rounding alone moved the tiny
+teacher's yes/no family from 91% to 71%, docs/tiny-world.md). They equal the naive form, gradients
+included (tests/test_losses.py).
 
 IVA (Align-TI): `attention_weights(alpha)` turns the teacher's instruction-to-vision attention
 into per-visual-token weights; the loss is sum_k w_k * KL_k per sample, from `chunked_divergence`
@@ -42,7 +44,6 @@ from torch.utils.checkpoint import checkpoint
 
 from distill.closed_form import (
     CLOSED_FORMS,
-    HeadCrossEntropy,
     HeadDivergence,
     HeadSpec,
     LogitsDivergence,
@@ -193,10 +194,8 @@ def chunked_cross_entropy(
     targets: torch.Tensor,
     chunk_size: int = 1024,
     vocab_size: int | None = None,
-    head_function: bool = True,
 ) -> torch.Tensor:
-    """Per-position NLL [N] of `targets` from hidden states [N, H], a chunk of logits at a time
-    (closed_form.HeadCrossEntropy for a plain weight-matrix head unless `head_function=False`)."""
+    """Per-position NLL [N] of `targets` from hidden states [N, H], a chunk of logits at a time."""
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return per_position_cross_entropy(head(h)[..., :vocab_size], y)
@@ -206,9 +205,6 @@ def chunked_cross_entropy(
         return hidden.new_zeros(0, dtype=torch.float32)
     if chunk_size <= 0:
         return chunk_loss(hidden, targets)
-    weights = plain_weights(head, head, hidden, hidden) if head_function else None
-    if weights is not None:
-        return HeadCrossEntropy.apply(hidden, weights[0], targets, HeadSpec("nll", chunk_size, vocab_size))
     return torch.cat(
         [checkpoint(chunk_loss, hidden[s], targets[s], use_reentrant=False) for s in chunks(n, chunk_size)]
     )
