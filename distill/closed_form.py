@@ -17,7 +17,7 @@ allocates and walks several. The teacher's logits never get a gradient here.
 weight matrices and goes a chunk of positions at a time, so the [N, V] logits never exist whole: its
 forward keeps only each position's two logsumexps (and the divergence itself where the gradient needs
 it); its backward recomputes a chunk's logits, turns them into the gradient in place, and adds the
-head's gradient of every chunk into one [V, H] buffer (addmm_). Against torch.utils.checkpoint over
+head's gradient of every chunk into one [V, H] buffer. Against torch.utils.checkpoint over
 `LogitsDivergence` it skips recomputing the divergence's value in backward and allocating a fresh
 [V, H] head gradient per chunk (`python -m distill bench --part loss` compares the two).
 """
@@ -171,49 +171,27 @@ class HeadDivergence(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         student_hidden, student_weight, teacher_hidden, teacher_weight, s_lse, t_lse, aux = ctx.saved_tensors
         spec: HeadSpec = ctx.spec
-
-        def grad_logits(rows: slice) -> torch.Tensor:
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = student_hidden.new_empty(student_hidden.shape) if want_hidden else None
+        grad_weight = torch.empty_like(student_weight) if want_weight else None
+        head = student_weight[: spec.vocab_size]
+        if want_weight:  # rows past the shared vocabulary (all rows when there is no position)
+            grad_weight[head.shape[0] if student_hidden.shape[0] else 0 :].zero_()
+        scale = (grad / spec.temperature).unsqueeze(-1)  # s = logits / T
+        for index, rows in enumerate(chunks(student_hidden.shape[0], spec.chunk_size)):
             q_log, _ = chunk_log_probs(student_hidden[rows], student_weight, spec, s_lse[rows])
             t_log, _ = chunk_log_probs(teacher_hidden[rows], teacher_weight, spec, t_lse[rows])
             teacher = t_log.exp_() if spec.name == "forward_kl" else t_log  # as divergence_value_ hands it
             chunk_aux = None if aux is None else aux[rows]
-            return divergence_gradient_(spec.name, q_log, teacher, chunk_aux, spec.beta)
-
-        scale = (grad / spec.temperature).unsqueeze(-1)  # s = logits / T
-        return (
-            *head_gradients(ctx, student_hidden, student_weight, spec, grad_logits, scale),
-            None,
-            None,
-            None,
-        )
-
-
-def head_gradients(
-    ctx: Any,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    spec: HeadSpec,
-    grad_logits: Any,
-    scale: torch.Tensor,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients for the hidden states and the head weight (the Function's first two inputs, as far
-    as autograd wants them) from `grad_logits(rows)`, the loss's gradient for a chunk's logits
-    before `scale` [N, 1] (the upstream gradient), adding every chunk's head gradient into one buffer."""
-    want_hidden, want_weight = ctx.needs_input_grad[:2]
-    grad_hidden = hidden.new_empty(hidden.shape) if want_hidden else None
-    grad_weight = torch.empty_like(weight) if want_weight else None
-    head = weight[: spec.vocab_size]
-    if want_weight:  # rows past the shared vocabulary (all rows when there is no position)
-        grad_weight[head.shape[0] if hidden.shape[0] else 0 :].zero_()
-    for index, rows in enumerate(chunks(hidden.shape[0], spec.chunk_size)):
-        chunk_grad = grad_logits(rows).mul_(scale[rows]).to(head.dtype)
-        if want_hidden:
-            torch.mm(chunk_grad, head, out=grad_hidden[rows])
-        if want_weight and index == 0:  # the first chunk writes the buffer, later ones add to it
-            torch.mm(chunk_grad.t(), hidden[rows], out=grad_weight[: head.shape[0]])
-        elif want_weight:
-            grad_weight[: head.shape[0]].addmm_(chunk_grad.t(), hidden[rows])
-    return grad_hidden, grad_weight
+            grad_logits = divergence_gradient_(spec.name, q_log, teacher, chunk_aux, spec.beta)
+            grad_logits = grad_logits.mul_(scale[rows]).to(head.dtype)
+            if want_hidden:
+                torch.mm(grad_logits, head, out=grad_hidden[rows])
+            if want_weight and index == 0:  # the first chunk writes the buffer, later ones add to it
+                torch.mm(grad_logits.t(), student_hidden[rows], out=grad_weight[: head.shape[0]])
+            elif want_weight:
+                grad_weight[: head.shape[0]].addmm_(grad_logits.t(), student_hidden[rows])
+        return grad_hidden, grad_weight, None, None, None
 
 
 def chunks(n: int, chunk_size: int) -> list[slice]:

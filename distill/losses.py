@@ -42,13 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from distill.closed_form import (
-    CLOSED_FORMS,
-    HeadDivergence,
-    HeadSpec,
-    LogitsDivergence,
-    chunks,
-)
+from distill.closed_form import CLOSED_FORMS, HeadDivergence, HeadSpec, LogitsDivergence, chunks
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
