@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from distill.tpa import ResponseLayout
+from distill.tpa import ResponseLayout, mask_for_attention
 
 
 @dataclass
@@ -132,7 +132,7 @@ def continue_from_cache(
         return embed(tokens)  # no candidate to continue: [0, H]
     outputs = language_model(
         inputs_embeds=embed(ids),
-        attention_mask=row_mask(rows, attention_mask),
+        attention_mask=mask_for_attention(language_model, row_mask(rows, attention_mask)),
         position_ids=rows.positions,
         cache=rows_cache(cache, rows),
         use_cache=False,

@@ -37,8 +37,8 @@ from distill.losses import attention_weights, chunked_cross_entropy, chunked_div
 from distill.tpa import (
     candidate_states,
     draw_candidates,
+    mask_for_attention,
     response_layout,
-    ribbon_attention,
     ribbon_inputs,
     slot_candidates,
 )
@@ -94,7 +94,7 @@ class ObjectiveMixin:
             run_ids, position_ids, run_attention = ribbon_inputs(
                 ids, attention, slot_candidates(ribbon_candidates, layout), layout
             )
-            run_attention = ribbon_attention(teacher, run_attention)
+            run_attention = mask_for_attention(teacher, run_attention)
             instruction = torch.cat(
                 [instruction, instruction.new_zeros(ids.shape[0], run_ids.shape[1] - length)], 1
             )
@@ -285,7 +285,7 @@ class ObjectiveMixin:
             )
             states = student.model(
                 input_ids=ids,
-                attention_mask=ribbon_attention(student, mask),
+                attention_mask=mask_for_attention(student, mask),
                 position_ids=positions,
                 pixel_values=inputs.get("pixel_values"),
             ).last_hidden_state[:, inputs["input_ids"].shape[1] :]

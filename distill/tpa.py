@@ -147,9 +147,9 @@ def ribbon_inputs(
 
 
 def as_block_mask(mask: torch.Tensor) -> Any:
-    """The ribbon's dense bool mask [B, 1, Q, K] as a FlexAttention BlockMask, for models running
+    """A dense bool mask [B, 1, Q, K] as a FlexAttention BlockMask, for models running
     `attn_implementation="flex_attention"` (GPUs): the kernel then skips the blocks nobody attends
-    to (most candidate-to-candidate blocks) instead of computing and masking them."""
+    to (most of the ribbon's candidate-to-candidate blocks) instead of computing and masking them."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     batch, _, queries, keys = mask.shape
@@ -160,7 +160,10 @@ def as_block_mask(mask: torch.Tensor) -> Any:
     return create_block_mask(mask_mod, batch, None, queries, keys, device=mask.device)
 
 
-def ribbon_attention(model: Any, mask: torch.Tensor) -> Any:
-    """The mask in the form the model's attention takes: a BlockMask under FlexAttention, else dense."""
+def mask_for_attention(model: Any, mask: torch.Tensor) -> Any:
+    """A dense bool mask [B, 1, Q, K] in the form the model's attention takes: a BlockMask under
+    FlexAttention, else as it is. transformers hands a 4D tensor to FlexAttention as an additive score
+    bias, so a bool mask there would add 1 to the allowed scores and mask nothing (and it crashed the
+    CPU kernel): the ribbon and the candidates' continuation both go through here."""
     implementation = model.config.get_text_config()._attn_implementation
     return as_block_mask(mask) if implementation == "flex_attention" else mask

@@ -319,7 +319,7 @@ def test_ribbon_equals_kv_continuation_and_leaves_the_sequence_unchanged(tokeniz
 
 def test_the_ribbon_under_flex_attention_equals_the_dense_mask(tokenizer, shapes):
     """On GPUs the ribbon's mask goes to FlexAttention as a BlockMask; same logits as the dense mask."""
-    from distill.tpa import ribbon_attention, ribbon_inputs
+    from distill.tpa import mask_for_attention, ribbon_inputs
 
     model, processor = make_model(tokenizer, num_layers=2)
     batch = short_batch(model, processor, shapes)
@@ -331,9 +331,34 @@ def test_the_ribbon_under_flex_attention_equals_the_dense_mask(tokenizer, shapes
     )
     inputs = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
     with torch.no_grad():
-        dense = model(**inputs, attention_mask=ribbon_attention(model, mask)).logits
+        dense = model(**inputs, attention_mask=mask_for_attention(model, mask)).logits
         model.set_attn_implementation({"text_config": "flex_attention"})
-        block_mask = ribbon_attention(model, mask)
+        block_mask = mask_for_attention(model, mask)
         assert type(block_mask).__name__ == "BlockMask"
         flex = model(**inputs, attention_mask=block_mask).logits
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def eager_flex_attention(query, key, value, training=False, **kwargs):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(query, key, value, **kwargs)
+
+
+def test_kv_continuation_under_flex_attention_equals_sdpa(tokenizer, shapes, monkeypatch):
+    """The candidates' mask against the cache reaches FlexAttention as a BlockMask: a dense bool
+    mask would be added to the scores there (True = +1) instead of masking them."""
+    import transformers.integrations.flex_attention as flex_integration
+
+    model, processor = make_model(tokenizer, num_layers=2)
+    batch = short_batch(model, processor, shapes)
+    d, n = 2, int(response_layout(batch["labels"]).valid.sum())
+    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        dense = kv_continuation_logits(model, batch, candidates, d, width=3)
+        model.set_attn_implementation({"text_config": "flex_attention"})
+        # FlexAttention's eager reference: inductor's CPU template does not compile a query shorter
+        # than its keys (PyTorch 2.13: cur_kvSplitSize5 undeclared); GPUs compile it with Triton
+        monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", eager_flex_attention)
+        flex = kv_continuation_logits(model, batch, candidates, d, width=3)
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
