@@ -161,9 +161,17 @@ def as_block_mask(mask: torch.Tensor) -> Any:
 
 
 def mask_for_attention(model: Any, mask: torch.Tensor) -> Any:
-    """A dense bool mask [B, 1, Q, K] in the form the model's attention takes: a BlockMask under
-    FlexAttention, else as it is. transformers hands a 4D tensor to FlexAttention as an additive score
-    bias, so a bool mask there would add 1 to the allowed scores and mask nothing (and it crashed the
-    CPU kernel): the ribbon and the candidates' continuation both go through here."""
+    """A dense bool mask [B, 1, Q, K] (True = may attend) in the form the model's attention takes.
+    transformers hands a 4D mask to the kernel as it is: SDPA reads a bool one, but eager attention
+    and FlexAttention add it to the scores, where a bool would add 1 to the allowed ones and mask
+    nothing. So: SDPA gets it as it is, FlexAttention a BlockMask, anything else an additive float
+    mask (0 or the dtype's minimum). The ribbon and the candidates' continuation both go through here."""
     implementation = model.config.get_text_config()._attn_implementation
-    return as_block_mask(mask) if implementation == "flex_attention" else mask
+    if implementation == "sdpa":
+        return mask
+    if implementation == "flex_attention":
+        return as_block_mask(mask)
+    dtype = model.dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(dtype).min
+    )

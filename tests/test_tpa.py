@@ -345,20 +345,35 @@ def eager_flex_attention(query, key, value, training=False, **kwargs):
     return flex_attention(query, key, value, **kwargs)
 
 
-def test_kv_continuation_under_flex_attention_equals_sdpa(tokenizer, shapes, monkeypatch):
-    """The candidates' mask against the cache reaches FlexAttention as a BlockMask: a dense bool
-    mask would be added to the scores there (True = +1) instead of masking them."""
+@pytest.mark.parametrize("implementation", ["flex_attention", "eager"])
+def test_the_candidates_masks_equal_sdpa_under_other_attention_kernels(
+    tokenizer, shapes, monkeypatch, implementation
+):
+    """The ribbon's and the continuation's bool masks reach FlexAttention as a BlockMask and eager
+    attention as an additive mask: both kernels add a 4D tensor to their scores, where a bool
+    would add 1 to the allowed ones instead of masking the others."""
     import transformers.integrations.flex_attention as flex_integration
+
+    from distill.tpa import mask_for_attention, ribbon_inputs
 
     model, processor = make_model(tokenizer, num_layers=2)
     batch = short_batch(model, processor, shapes)
-    d, n = 2, int(response_layout(batch["labels"]).valid.sum())
+    layout = response_layout(batch["labels"])
+    d, n = 2, int(layout.valid.sum())
     candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(3))
+    ids, positions, mask = ribbon_inputs(
+        batch["input_ids"], batch["attention_mask"], slot_candidates(candidates, layout), layout
+    )
+    ribbon = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
+    real = torch.cat([batch["attention_mask"].bool(), layout.valid.repeat_interleave(d, dim=1)], dim=1)
     with torch.no_grad():
-        dense = kv_continuation_logits(model, batch, candidates, d, width=3)
-        model.set_attn_implementation({"text_config": "flex_attention"})
+        sdpa_kv = kv_continuation_logits(model, batch, candidates, d, width=3)
+        sdpa_ribbon = model(**ribbon, attention_mask=mask_for_attention(model, mask)).logits
+        model.set_attn_implementation({"text_config": implementation})
         # FlexAttention's eager reference: inductor's CPU template does not compile a query shorter
         # than its keys (PyTorch 2.13: cur_kvSplitSize5 undeclared); GPUs compile it with Triton
         monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", eager_flex_attention)
-        flex = kv_continuation_logits(model, batch, candidates, d, width=3)
-    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+        kv = kv_continuation_logits(model, batch, candidates, d, width=3)
+        other_ribbon = model(**ribbon, attention_mask=mask_for_attention(model, mask)).logits
+    torch.testing.assert_close(kv, sdpa_kv, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(other_ribbon[real], sdpa_ribbon[real], atol=1e-5, rtol=1e-5)
