@@ -31,16 +31,25 @@ def loss_and_gradients(trainer, model, batch):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("with_teacher", [False, True])
 def test_a_packed_batch_gives_the_padded_batchs_loss_and_gradients(
-    tmp_path, shapes, teacher_dir, with_teacher
+    tmp_path, shapes, teacher_dir, with_teacher, implementation
 ):
     extra = (
         {"teacher": {"path": str(teacher_dir)}, "loss": {"w_kd": 1.0, "kl_chunk_size": 7}}
         if with_teacher
         else {}
     )
-    s = setup(config(shapes, tmp_path / "run", data={"split_turns": True}, **extra))
+    s = setup(
+        config(
+            shapes,
+            tmp_path / "run",
+            data={"split_turns": True},
+            model={"attn_implementation": implementation},
+            **extra,
+        )
+    )
     by_length = sorted(range(len(s.dataset)), key=lambda i: s.dataset.lengths[i])
     items = [s.dataset[i] for i in by_length[:8] + by_length[-4:]]  # short questions beside long descriptions
     pad = s.processor.tokenizer.pad_token_id
