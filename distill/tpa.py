@@ -171,7 +171,7 @@ def mask_for_attention(model: Any, mask: torch.Tensor) -> Any:
         return mask
     if implementation == "flex_attention":
         return as_block_mask(mask)
-    dtype = model.dtype
+    dtype = getattr(model, "dtype", torch.float32)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
         ~mask, torch.finfo(dtype).min
     )
