@@ -162,16 +162,18 @@ def as_block_mask(mask: torch.Tensor) -> Any:
 
 def mask_for_attention(model: Any, mask: torch.Tensor) -> Any:
     """A dense bool mask [B, 1, Q, K] (True = may attend) in the form the model's attention takes.
-    transformers hands a 4D mask to the kernel as it is: SDPA reads a bool one, but eager attention
+    transformers hands a 4D mask to the kernel as it is. SDPA, and the kit's SDPA variants
+    (distill/attention_capture.py, distill/float32_attention.py), read a bool mask; eager attention
     and FlexAttention add it to the scores, where a bool would add 1 to the allowed ones and mask
-    nothing. So: SDPA gets it as it is, FlexAttention a BlockMask, anything else an additive float
-    mask (0 or the dtype's minimum). The ribbon and the candidates' continuation both go through here."""
+    nothing. So FlexAttention gets a BlockMask, eager attention an additive mask (0 or the dtype's
+    minimum), any other kernel the bool mask. The ribbon and the candidates' continuation both go
+    through here."""
     implementation = model.config.get_text_config()._attn_implementation
-    if implementation == "sdpa":
-        return mask
     if implementation == "flex_attention":
         return as_block_mask(mask)
-    dtype = getattr(model, "dtype", torch.float32)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, torch.finfo(dtype).min
-    )
+    if implementation == "eager":
+        dtype = getattr(model, "dtype", torch.float32)
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(dtype).min
+        )
+    return mask
