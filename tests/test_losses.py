@@ -185,6 +185,38 @@ def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
     assert results[0][2].abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_head_divergence_in_bf16_is_as_close_to_float64_as_checkpointed_chunks(name):
+    """bf16 heads and hidden states (DeepSpeed's bf16 on a GPU, where the head Function runs): the
+    head-gradient buffer accumulates in bf16 across chunks, as autograd's per-chunk gradients do."""
+    student_head, teacher_head = (head.bfloat16() for head in _heads(hs=64, ht=96, v=503))
+    teacher_head.requires_grad_(False)
+    hidden = torch.randn(70, 64, dtype=torch.bfloat16, requires_grad=True)
+    teacher_hidden = torch.randn(70, 96, dtype=torch.bfloat16)
+    exact_hidden = hidden.detach().double().requires_grad_()
+    exact_weight = student_head.weight.detach().double().requires_grad_()
+    exact = per_position_divergence(
+        name,
+        F.linear(teacher_hidden.double(), teacher_head.weight.double()),
+        F.linear(exact_hidden, exact_weight),
+    )
+    exact.sum().backward()
+
+    def error(value: torch.Tensor, reference: torch.Tensor) -> float:
+        return float((value.double() - reference).norm() / reference.norm())
+
+    for head_function in (True, False):
+        hidden.grad = student_head.weight.grad = None
+        value = chunked_divergence(
+            hidden, teacher_hidden, student_head, teacher_head, name, 16, head_function=head_function
+        )
+        assert ("HeadDivergence" in value.grad_fn.name()) == head_function
+        value.sum().backward()
+        assert error(value.detach(), exact.detach()) < 1e-3
+        assert error(hidden.grad, exact_hidden.grad) < 1e-2
+        assert error(student_head.weight.grad, exact_weight.grad) < 1e-2
+
+
 def test_head_divergence_leaves_a_frozen_head_without_gradient():
     student_head, teacher_head = _heads()
     student_head.requires_grad_(False)
