@@ -367,13 +367,13 @@ def test_the_candidates_masks_equal_sdpa_under_other_attention_kernels(
     ribbon = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
     real = torch.cat([batch["attention_mask"].bool(), layout.valid.repeat_interleave(d, dim=1)], dim=1)
     with torch.no_grad():
-        sdpa_kv = kv_continuation_logits(model, batch, candidates, d, width=3)
+        sdpa_kv = kv_continuation_logits(model, batch, candidates, d)  # the trainer's path
         sdpa_ribbon = model(**ribbon, attention_mask=mask_for_attention(model, mask)).logits
         model.set_attn_implementation({"text_config": implementation})
         # FlexAttention's eager reference: inductor's CPU template does not compile a query shorter
         # than its keys (PyTorch 2.13: cur_kvSplitSize5 undeclared); GPUs compile it with Triton
         monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", eager_flex_attention)
-        kv = kv_continuation_logits(model, batch, candidates, d, width=3)
+        kv = kv_continuation_logits(model, batch, candidates, d)
         other_ribbon = model(**ribbon, attention_mask=mask_for_attention(model, mask)).logits
     torch.testing.assert_close(kv, sdpa_kv, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(other_ribbon[real], sdpa_ribbon[real], atol=1e-5, rtol=1e-5)
