@@ -34,6 +34,7 @@ step() {  # step SECONDS COMMAND...: run with a limit (cut to the time left), ke
     echo "== $* (limit ${limit} s)" | tee -a "$OUT/log.txt"
     timeout "$limit" "$@" 2>&1 | tail -n 40 | tee -a "$OUT/log.txt"
 }
+step 40 python3 -m pytest -q tests/test_fused_losses.py
 step 170 python3 -m distill bench --part scale --scale-steps 6 --methods kd,tpa-ribbon \
     --scale-set train.gradient_checkpointing=false --scale-set model.attn_implementation=flex_attention \
     --out "$OUT/scale-flex.json"

@@ -1,5 +1,6 @@
 """distill/fused_losses.py: liger-kernel's fused SFT and KD losses equal the chunked forms of
-distill/losses.py, gradients included; without a GPU or liger-kernel, clear errors.
+distill/losses.py, gradients included, alone and inside the trainer's whole Align-TI objective;
+without a GPU or liger-kernel, clear errors.
 
 The equality tests need liger-kernel and a CUDA GPU, or Triton's interpreter on the CPU:
     TRITON_INTERPRET=1 python -m pytest tests/test_fused_losses.py      # with liger-kernel + triton installed
@@ -87,3 +88,42 @@ def test_fused_cross_entropy_equals_the_chunked_one_with_gradients(device):
         gradients(fused, hidden_s, student.weight), gradients(chunked, hidden_s, student.weight)
     ):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+def test_the_align_ti_objective_gives_the_same_terms_and_gradients_with_the_fused_kernels(
+    device, tmp_path, shapes, teacher_dir, divergence
+):
+    """The trainer's whole objective (SFT + KD + IVA + TPA) with loss.fused_kernel against the
+    chunked losses, on one batch: the same terms and gradients, the TPA candidates drawn alike."""
+    from distill.data import PaddingCollator
+    from distill.train import setup
+    from tests.test_packing import loss_and_gradients
+    from tests.test_trainer import config
+
+    terms = {
+        "w_kd": 1.0,
+        "w_iva": 1.0,
+        "iva_layer": 1,
+        "w_tpa": 1.0,
+        "divergence": divergence,
+        "kl_chunk_size": 7,
+    }
+    s = setup(config(shapes, tmp_path / "run", teacher={"path": str(teacher_dir)}, loss=terms))
+    model = s.trainer.model.to(device).train()
+    s.trainer.teacher.to(device)
+    model.config.get_text_config().dropout = 0.0
+    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
+    batch = {key: value.to(device) for key, value in batch.items()}
+    results = []
+    for fused in (False, True):
+        s.trainer.loss_config.fused_kernel = fused
+        torch.manual_seed(0)  # the same TPA candidates
+        results.append(loss_and_gradients(s.trainer, model, batch))
+    (chunked_terms, chunked_grads), (fused_terms, fused_grads) = results
+    assert set(fused_terms) == {"sft", "kd", "iva", "tpa"}
+    for name in chunked_terms:
+        assert fused_terms[name].item() == pytest.approx(chunked_terms[name].item(), rel=1e-4), name
+    assert fused_grads.keys() == chunked_grads.keys()
+    for name in chunked_grads:
+        torch.testing.assert_close(fused_grads[name], chunked_grads[name], atol=1e-5, rtol=1e-3)
