@@ -377,3 +377,34 @@ def test_the_candidates_masks_equal_sdpa_under_other_attention_kernels(
         other_ribbon = model(**ribbon, attention_mask=mask_for_attention(model, mask)).logits
     torch.testing.assert_close(kv, sdpa_kv, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(other_ribbon[real], sdpa_ribbon[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tpa_impl", ["kv", "ribbon"])
+def test_the_align_ti_objective_under_flex_attention_equals_sdpa(
+    tmp_path, shapes, teacher_dir, monkeypatch, tpa_impl
+):
+    """The student's whole Align-TI objective (SFT + KD + IVA + TPA) on FlexAttention, as a GPU run
+    with model.attn_implementation=flex_attention has it, against SDPA: the same terms, the TPA
+    candidates drawn alike. Forward only: FlexAttention has no backward on a CPU, even its eager
+    reference (which runs here)."""
+    import transformers.integrations.flex_attention as flex_integration
+
+    from distill.data import PaddingCollator
+    from distill.train import setup
+    from tests.test_trainer import config
+
+    terms = {"w_kd": 1.0, "w_iva": 1.0, "iva_layer": 1, "w_tpa": 1.0, "tpa_impl": tpa_impl}
+    s = setup(config(shapes, tmp_path / "run", teacher={"path": str(teacher_dir)}, loss=terms))
+    model = s.trainer.model.train()
+    model.config.get_text_config().dropout = 0.0
+    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
+    with torch.no_grad():
+        torch.manual_seed(0)  # the same TPA candidates
+        sdpa = s.trainer.loss_terms(model, batch)
+        model.set_attn_implementation({"text_config": "flex_attention"})
+        monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", eager_flex_attention)
+        torch.manual_seed(0)
+        flex = s.trainer.loss_terms(model, batch)
+    assert set(flex) == {"sft", "kd", "iva", "tpa"}
+    for name in sdpa:  # within 3e-8 here; the bool masks of before moved tpa by 2e-5
+        torch.testing.assert_close(flex[name], sdpa[name], atol=1e-7, rtol=1e-5)
