@@ -398,6 +398,7 @@ def test_the_align_ti_objective_under_flex_attention_equals_sdpa(
     model = s.trainer.model.train()
     model.config.get_text_config().dropout = 0.0
     batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
+    batch = {key: value.to(model.device) for key, value in batch.items()}  # the trainer's device
     with torch.no_grad():
         torch.manual_seed(0)  # the same TPA candidates
         sdpa = s.trainer.loss_terms(model, batch)
