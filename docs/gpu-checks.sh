@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks still open, as one device run, most wanted first (docs/gpu.md has what earlier runs measured):
-#   issue 3: the ribbon TPA against KD at real size under FlexAttention (the ribbon's BlockMask), then
+#   issue 3: the fused-loss tests and the Align-TI objective under FlexAttention with gradients (tests),
+#            then the ribbon TPA against KD at real size under FlexAttention (the ribbon's BlockMask), then
 #            Align-TI against KD with liger-kernel's fused LM-head losses: one invocation each, so a
 #            failure of one leaves the other's figures;
 #   issue 6 (done on an H200 with eager decoding; CUDA graphs since): the graph test, then the 2B student
@@ -35,6 +36,7 @@ step() {  # step SECONDS COMMAND...: run with a limit (cut to the time left), ke
     timeout "$limit" "$@" 2>&1 | tail -n 40 | tee -a "$OUT/log.txt"
 }
 step 40 python3 -m pytest -q tests/test_fused_losses.py
+step 60 python3 -m pytest -q tests/test_tpa.py -k objective_under_flex   # with gradients on a GPU
 step 170 python3 -m distill bench --part scale --scale-steps 6 --methods kd,tpa-ribbon \
     --scale-set train.gradient_checkpointing=false --scale-set model.attn_implementation=flex_attention \
     --out "$OUT/scale-flex.json"

@@ -383,14 +383,15 @@ def test_the_candidates_masks_equal_sdpa_under_other_attention_kernels(
 def test_the_align_ti_objective_under_flex_attention_equals_sdpa(
     tmp_path, shapes, teacher_dir, monkeypatch, tpa_impl
 ):
-    """The student's whole Align-TI objective (SFT + KD + IVA + TPA) on FlexAttention, as a GPU run
-    with model.attn_implementation=flex_attention has it, against SDPA: the same terms, the TPA
-    candidates drawn alike. Forward only: FlexAttention has no backward on a CPU, even its eager
-    reference (which runs here)."""
+    """The student's whole Align-TI objective (SFT + KD + IVA + TPA) on FlexAttention, as a run with
+    model.attn_implementation=flex_attention has it, against SDPA: the same terms, the TPA candidates
+    drawn alike. On a GPU (compiled FlexAttention) the gradients too; on a CPU the forward only, on
+    FlexAttention's eager reference: it has no backward there."""
     import transformers.integrations.flex_attention as flex_integration
 
     from distill.data import PaddingCollator
     from distill.train import setup
+    from tests.test_packing import loss_and_gradients
     from tests.test_trainer import config
 
     terms = {"w_kd": 1.0, "w_iva": 1.0, "iva_layer": 1, "w_tpa": 1.0, "tpa_impl": tpa_impl}
@@ -399,13 +400,24 @@ def test_the_align_ti_objective_under_flex_attention_equals_sdpa(
     model.config.get_text_config().dropout = 0.0
     batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
     batch = {key: value.to(model.device) for key, value in batch.items()}  # the trainer's device
-    with torch.no_grad():
+    on_gpu = model.device.type == "cuda"
+
+    def objective() -> tuple[dict, dict]:
         torch.manual_seed(0)  # the same TPA candidates
-        sdpa = s.trainer.loss_terms(model, batch)
-        model.set_attn_implementation({"text_config": "flex_attention"})
+        if on_gpu:
+            return loss_and_gradients(s.trainer, model, batch)
+        with torch.no_grad():
+            return s.trainer.loss_terms(model, batch), {}
+
+    sdpa_terms, sdpa_grads = objective()
+    model.set_attn_implementation({"text_config": "flex_attention"})
+    if not on_gpu:
         monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", eager_flex_attention)
-        torch.manual_seed(0)
-        flex = s.trainer.loss_terms(model, batch)
-    assert set(flex) == {"sft", "kd", "iva", "tpa"}
-    for name in sdpa:  # within 3e-8 here; the bool masks of before moved tpa by 2e-5
-        torch.testing.assert_close(flex[name], sdpa[name], atol=1e-7, rtol=1e-5)
+    flex_terms, flex_grads = objective()
+    assert set(flex_terms) == {"sft", "kd", "iva", "tpa"}
+    close = 1e-6 if on_gpu else 1e-7  # within 3e-8 on a CPU; the bool masks of before moved tpa by 2e-5
+    for name in sdpa_terms:
+        torch.testing.assert_close(flex_terms[name], sdpa_terms[name], atol=close, rtol=1e-5)
+    assert flex_grads.keys() == sdpa_grads.keys()
+    for name in sdpa_grads:
+        torch.testing.assert_close(flex_grads[name], sdpa_grads[name], atol=1e-5, rtol=1e-3)
