@@ -96,30 +96,17 @@ def test_the_align_ti_objective_gives_the_same_terms_and_gradients_with_the_fuse
 ):
     """The trainer's whole objective (SFT + KD + IVA + TPA) with loss.fused_kernel against the
     chunked losses, on one batch: the same terms and gradients, the TPA candidates drawn alike."""
-    from distill.data import PaddingCollator
-    from distill.train import setup
     from tests.test_packing import loss_and_gradients
-    from tests.test_trainer import config
+    from tests.test_trainer import align_ti_on_one_batch
 
-    terms = {
-        "w_kd": 1.0,
-        "w_iva": 1.0,
-        "iva_layer": 1,
-        "w_tpa": 1.0,
-        "divergence": divergence,
-        "kl_chunk_size": 7,
-    }
-    s = setup(config(shapes, tmp_path / "run", teacher={"path": str(teacher_dir)}, loss=terms))
-    model = s.trainer.model.to(device).train()
-    s.trainer.teacher.to(device)
-    model.config.get_text_config().dropout = 0.0
-    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
-    batch = {key: value.to(device) for key, value in batch.items()}
+    trainer, model, batch = align_ti_on_one_batch(
+        tmp_path, shapes, teacher_dir, device, divergence=divergence, kl_chunk_size=7
+    )
     results = []
     for fused in (False, True):
-        s.trainer.loss_config.fused_kernel = fused
+        trainer.loss_config.fused_kernel = fused
         torch.manual_seed(0)  # the same TPA candidates
-        results.append(loss_and_gradients(s.trainer, model, batch))
+        results.append(loss_and_gradients(trainer, model, batch))
     (chunked_terms, chunked_grads), (fused_terms, fused_grads) = results
     assert set(fused_terms) == {"sft", "kd", "iva", "tpa"}
     for name in chunked_terms:

@@ -317,19 +317,28 @@ def test_ribbon_equals_kv_continuation_and_leaves_the_sequence_unchanged(tokeniz
     torch.testing.assert_close(main[real], plain[real], atol=1e-5, rtol=1e-5)
 
 
-def test_the_ribbon_under_flex_attention_equals_the_dense_mask(tokenizer, shapes):
-    """On GPUs the ribbon's mask goes to FlexAttention as a BlockMask; same logits as the dense mask."""
-    from distill.tpa import mask_for_attention, ribbon_inputs
+def ribbon_case(tokenizer, shapes, seed):
+    """A tiny model, a right-padded batch, d = 2 random candidates per response token and the
+    ribbon's inputs (without a mask) and dense bool mask."""
+    from distill.tpa import ribbon_inputs
 
     model, processor = make_model(tokenizer, num_layers=2)
     batch = short_batch(model, processor, shapes)
     layout = response_layout(batch["labels"])
     d, n = 2, int(layout.valid.sum())
-    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(2))
+    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(seed))
     ids, positions, mask = ribbon_inputs(
         batch["input_ids"], batch["attention_mask"], slot_candidates(candidates, layout), layout
     )
     inputs = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
+    return model, batch, layout, candidates, inputs, mask
+
+
+def test_the_ribbon_under_flex_attention_equals_the_dense_mask(tokenizer, shapes):
+    """On GPUs the ribbon's mask goes to FlexAttention as a BlockMask; same logits as the dense mask."""
+    from distill.tpa import mask_for_attention
+
+    model, _, _, _, inputs, mask = ribbon_case(tokenizer, shapes, seed=2)
     with torch.no_grad():
         dense = model(**inputs, attention_mask=mask_for_attention(model, mask)).logits
         model.set_attn_implementation({"text_config": "flex_attention"})
@@ -354,17 +363,10 @@ def test_the_candidates_masks_equal_sdpa_under_other_attention_kernels(
     would add 1 to the allowed ones instead of masking the others."""
     import transformers.integrations.flex_attention as flex_integration
 
-    from distill.tpa import mask_for_attention, ribbon_inputs
+    from distill.tpa import mask_for_attention
 
-    model, processor = make_model(tokenizer, num_layers=2)
-    batch = short_batch(model, processor, shapes)
-    layout = response_layout(batch["labels"])
-    d, n = 2, int(layout.valid.sum())
-    candidates = torch.randint(5, len(tokenizer), (n, d), generator=torch.Generator().manual_seed(3))
-    ids, positions, mask = ribbon_inputs(
-        batch["input_ids"], batch["attention_mask"], slot_candidates(candidates, layout), layout
-    )
-    ribbon = dict(input_ids=ids, position_ids=positions, pixel_values=batch["pixel_values"])
+    model, batch, layout, candidates, ribbon, mask = ribbon_case(tokenizer, shapes, seed=3)
+    d = candidates.shape[1]
     real = torch.cat([batch["attention_mask"].bool(), layout.valid.repeat_interleave(d, dim=1)], dim=1)
     with torch.no_grad():
         sdpa_kv = kv_continuation_logits(model, batch, candidates, d)  # the trainer's path
@@ -389,25 +391,18 @@ def test_the_align_ti_objective_under_flex_attention_equals_sdpa(
     FlexAttention's eager reference: it has no backward there."""
     import transformers.integrations.flex_attention as flex_integration
 
-    from distill.data import PaddingCollator
-    from distill.train import setup
     from tests.test_packing import loss_and_gradients
-    from tests.test_trainer import config
+    from tests.test_trainer import align_ti_on_one_batch
 
-    terms = {"w_kd": 1.0, "w_iva": 1.0, "iva_layer": 1, "w_tpa": 1.0, "tpa_impl": tpa_impl}
-    s = setup(config(shapes, tmp_path / "run", teacher={"path": str(teacher_dir)}, loss=terms))
-    model = s.trainer.model.train()
-    model.config.get_text_config().dropout = 0.0
-    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
-    batch = {key: value.to(model.device) for key, value in batch.items()}  # the trainer's device
+    trainer, model, batch = align_ti_on_one_batch(tmp_path, shapes, teacher_dir, tpa_impl=tpa_impl)
     on_gpu = model.device.type == "cuda"
 
     def objective() -> tuple[dict, dict]:
         torch.manual_seed(0)  # the same TPA candidates
         if on_gpu:
-            return loss_and_gradients(s.trainer, model, batch)
+            return loss_and_gradients(trainer, model, batch)
         with torch.no_grad():
-            return s.trainer.loss_terms(model, batch), {}
+            return trainer.loss_terms(model, batch), {}
 
     sdpa_terms, sdpa_grads = objective()
     model.set_attn_implementation({"text_config": "flex_attention"})

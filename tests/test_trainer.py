@@ -39,6 +39,19 @@ def config(shapes, out, **sections) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def align_ti_on_one_batch(tmp_path, shapes, teacher_dir, device=None, **loss):
+    """A trainer with the whole Align-TI objective (SFT + KD + IVA at teacher layer 1 + TPA, `loss`
+    overriding), its student in training mode without dropout, and a batch of four samples, all on
+    `device` (the trainer's own by default)."""
+    terms = {"w_kd": 1.0, "w_iva": 1.0, "iva_layer": 1, "w_tpa": 1.0, **loss}
+    s = setup(config(shapes, tmp_path / "run", teacher={"path": str(teacher_dir)}, loss=terms))
+    model = s.trainer.model.to(device or s.trainer.model.device).train()
+    s.trainer.teacher.to(model.device)
+    model.config.get_text_config().dropout = 0.0
+    batch = PaddingCollator(s.processor.tokenizer.pad_token_id)([s.dataset[i] for i in range(4)])
+    return s.trainer, model, {key: value.to(model.device) for key, value in batch.items()}
+
+
 def fixed_batch_loss(model_dir, shapes):
     model, processor = load_llava(model_dir)
     view = ModelView.from_processor(processor, image_token_count(model.config), 256)
