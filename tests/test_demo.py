@@ -13,6 +13,15 @@ from serve.engines import open_engine
 from serve.sampling import Sampler
 
 CHROMIUM = Path("/usr/bin/chromium")
+# root needs --no-sandbox; the rest keep Chromium from calling home, which a closed network (CI) refuses
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +110,7 @@ def test_a_headless_browser_uploads_an_image_asks_and_reads_the_answer(engine, e
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page()
             page.goto(demo.local_url)
             page.locator("#ask input[type=file]").set_input_files(str(image_path))

@@ -138,3 +138,16 @@ def test_the_edge_image_installs_the_edge_extra_and_the_kit_without_its_dependen
     assert service["build"]["dockerfile"] == "docker/Dockerfile.edge"
     assert service["command"][-1].startswith("python -m serve --model $${EDGE_MODEL} --host 0.0.0.0")
     assert service["environment"]["EDGE_MODEL"] == "${EDGE_MODEL:-exports/student-kd-gguf}"
+
+
+def test_ci_runs_the_readmes_test_command_exactly():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2 and commands[1].endswith("python -m pytest -q")
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set "))
+    ]
+    assert ci == [commands[1]]
