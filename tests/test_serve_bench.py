@@ -89,6 +89,7 @@ def test_load_mode_against_a_running_server(shapes, student_dir, tmp_path, capsy
         assert "12 streaming requests at concurrency 4: 0 errors" in printed
         result = json.loads((tmp_path / "load.json").read_text())
         assert result["latency_p95_ms"] > 0 and result["server_rss_after_run_mib"] > 0
+        assert result["statuses"] == {"200": 12}  # the timed requests only, not the warm-ups
         assert main(args) == 1  # no key: every request refused, and still a report
         assert "12 errors" in capsys.readouterr().out
         assert json.loads((tmp_path / "load.json").read_text())["latency_p95_ms"] is None
