@@ -5,17 +5,23 @@
     python -m serve bench --url http://127.0.0.1:8000 --concurrency 16 --requests 200   # load on a server
 
 Engine mode: each model (a checkpoint, or an ONNX / GGUF export: the back end follows, or --backends
-names them for checkpoints) runs in its own process, so its peak memory is its own (RSS on CPU, CUDA
-peak allocated on GPU; for PyTorch on CPU also the peak of its tensors, weights included, from one
-more completion under torch.profiler: serve/tensor_memory.py). The same process also serves the model over HTTP (the real app on uvicorn,
-a local port). Three warm-up rounds, then --requests rounds, each one completion of exactly
+names them for checkpoints) runs in a worker process of its own (serve/bench_worker.py), so its peak
+memory is its own (RSS on CPU, CUDA peak allocated on GPU; for PyTorch on CPU also the peak of its
+tensors, weights included), and serves the model over HTTP too (the real app on uvicorn, a local
+port). After --warm-up untimed rounds, --requests timed rounds, each one completion of exactly
 --new-tokens greedy tokens on one image + question from the engine, then the same request streamed
-through the API: TTFT and decode speed (medians; each token time-stamped as it is chosen),
-end-to-end latency p50 / p95, and the API's TTFT, so "API TTFT / engine TTFT" is the server's own
-overhead, measured in alternation so that both see the machine in the same state. Ratios are
-against the first model, measured in the same run. LLaVA-1.5-7B is one of the models when its
-llava-hf checkpoint folder is given; on CPU without it, the tiny teacher stands in. Writes
-bench.json, bench.md and bench.png to --out.
+through the API: TTFT and decode speed (medians; each token time-stamped as it is chosen), end-to-end
+latency p50 / p95, and the API's TTFT, so "API TTFT / engine TTFT" is the server's own overhead,
+measured in alternation so that both see the machine in the same state.
+
+The models are loaded one after the other and then take their rounds in turn (distill/bench_workers.py):
+round r of every model runs before round r + 1 of any, each starting with an untimed one-token
+completion so that its caches are its own. A shared VM's speed drifts by tens of percent over
+minutes, so each ratio to the first model is the median of the per-round ratios (the middle half
+of them in brackets): neighbouring rounds, not moments minutes apart. All models are in memory at
+once; --sequential measures one after another instead (ratios of medians then). LLaVA-1.5-7B is one of
+the models when its llava-hf checkpoint folder is given; on CPU without it, the tiny teacher stands in.
+Writes bench.json (every round's figures too), bench.md and bench.png to --out.
 
 Load mode: --concurrency clients send --requests streaming completions to a running server; prints
 throughput, latency percentiles, errors, and the server's resident memory (from its /metrics) after a
@@ -26,27 +32,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import http.client
 import json
 import statistics
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distill.bench_workers import Worker, WorkerFailed, interleaved, paired_ratios
 from distill.staging import save_figure, write_text_atomic
+from serve.bench_worker import WARM_UP, streaming_request
 from serve.engines import DTYPES, add_cuda_graphs_argument
 
 DEFAULT_MODELS = [Path("runs/tiny/student-kd/final"), Path("runs/tiny/teacher/final")]
-JSON_HEADERS = {"Content-Type": "application/json"}
-QUESTION = "What color is the circle? Describe the picture."
-WARM_UP = (
-    3  # untimed completions first: the first calls of a runtime (and of a fresh HTTP connection) are slow
-)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,206 +60,113 @@ def probe_image_path(data: Path) -> Path:
     return first_held_out_prompt(data)[0]
 
 
-def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:
-    """The benchmark's chat request: the image as a data: URL, the question, greedy, streamed."""
-    from serve.images import to_data_url
-
-    content = [
-        {"type": "image_url", "image_url": {"url": to_data_url(image)}},
-        {"type": "text", "text": QUESTION},
+def worker_for(model: Path, backend: str | None, args: argparse.Namespace) -> Worker:
+    """A worker process with the model loaded, served and warmed up (serve/bench_worker.py)."""
+    spec = [
+        str(model),
+        backend,
+        args.quant,
+        str(probe_image_path(args.data)),
+        args.new_tokens,
+        args.threads,
+        args.dtype,
+        args.warm_up,
+        args.cuda_graphs,
     ]
-    return {
-        "messages": [{"role": "user", "content": content}],
-        "temperature": 0,
-        "max_tokens": new_tokens,
-        "stream": True,
-    }
-
-
-def peak_memory_mib(before_load: float) -> tuple[float, str]:
-    """CUDA peak allocated on a GPU; on CPU the peak RSS above what the process held before loading the
-    model (Python and the back end's runtime, imported first, so the ratios are the models')."""
-    from distill.process_memory import peak_rss_mib
-
-    torch = sys.modules.get("torch")  # only the torch engine imports it
-    if torch is not None and torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        return torch.cuda.max_memory_allocated() / 2**20, "CUDA peak allocated"
-    return peak_rss_mib() - before_load, "peak RSS above imports"
-
-
-def engine_completion(engine: Any, image: Any, new_tokens: int) -> list[float]:
-    """One completion of exactly new_tokens, timed from the chat messages (the prompt is rendered and
-    measured inside the timing, as the API does): the start, then one time stamp per token."""
-    from serve.sampling import Sampler
-
-    messages = [{"role": "user", "content": f"{engine.image_text}\n{QUESTION}"}]
-    ignore_eos = set(engine.eos_ids)
-    engine.eos_ids = set()
+    worker = Worker(
+        [sys.executable, "-m", "serve.bench_worker", json.dumps(spec)], f"{model} ({backend or 'auto'})"
+    )
     try:
-        start = time.perf_counter()
-        prompt = engine.prompt(messages, [image])
-        return [start] + [time.perf_counter() for _ in engine.stream(prompt, Sampler(0.0), new_tokens)]
-    finally:
-        engine.eos_ids = ignore_eos
+        worker.read()  # it has loaded
+    except WorkerFailed:
+        worker.close()
+        raise
+    return worker
 
 
-@contextlib.contextmanager
-def local_server(engine: Any, new_tokens: int) -> Iterator[tuple[Any, http.client.HTTPConnection]]:
-    """The real app on uvicorn on a free local port, in a thread; yields it and a keep-alive
-    connection to it."""
-    import uvicorn
+def measure_models(
+    args: argparse.Namespace, backends: list[str | None]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every model's row and every failure's message. In turn (the default): the models are loaded
+    one after the other, then take their rounds in turn; --sequential: each model's rounds before the
+    next model loads. A model that fails costs its row, not the others'."""
+    workers, failures = [], []
+    rounds: dict[Worker, list[dict[str, Any] | None]] = {}
 
-    from serve.app import Settings, create_app
+    def failed(error: Exception) -> None:
+        failures.append(str(error))
+        print(f"serve bench: {error}", file=sys.stderr, flush=True)
 
-    app = create_app(engine, Settings(max_tokens_cap=max(new_tokens, 1024)))
-    config = uvicorn.Config(app, port=0, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    try:
-        yield app, connection
-    finally:
-        connection.close()
-        server.should_exit = True
-        thread.join(timeout=10)
+    def finish(worker: Worker) -> dict[str, Any] | None:
+        try:
+            return row(worker.ask("finish"), rounds[worker])
+        except WorkerFailed as error:
+            failed(error)
+            return None
+        finally:
+            worker.close()
 
-
-def api_first_content(connection: http.client.HTTPConnection, payload: bytes) -> float | None:
-    """Seconds from sending a streamed completion (its JSON body already encoded) to reading its first
-    content chunk; None if none came. The client is the standard library's HTTP/1.1 connection, read
-    line by line, so the figure is the server's: httpx's streaming reader added 1.4 ms to the tiny
-    student's 5 ms here, more than the server's own overhead."""
-    start = time.perf_counter()
-    connection.request("POST", "/v1/chat/completions", body=payload, headers=JSON_HEADERS)
-    response = connection.getresponse()
-    if response.status != 200:
-        raise RuntimeError(f"the API answered {response.status}: {response.read()[:300]!r}")
-    first = None
-    for line in iter(response.readline, b""):
-        if first is None and line.startswith(b"data: {") and b'"content"' in line:
-            first = time.perf_counter() - start
-    return first
-
-
-def paired_runs(
-    engine: Any, image: Any, new_tokens: int, requests: int, warm_up: int = WARM_UP
-) -> dict[str, list[float]]:
-    """Engine completions and the same completions through the API, alternated one of each per round,
-    so both see the machine in the same state (a shared VM drifts by tens of percent over a run), and
-    both on the server's engine thread (the runtimes' thread pools belong to the thread that calls
-    them: switching threads between calls slowed llama.cpp's decoding fourfold here): TTFT, decode
-    speed and latency from the engine's, TTFT from the API's."""
-    ttft, speed, latency, api = [], [], [], []
-    with local_server(engine, new_tokens) as (app, connection):
-        payload = json.dumps(streaming_request(image, new_tokens)).encode()
-        engine_thread = app.state.gate.executor
-        for index in range(requests + warm_up):
-            marks = engine_thread.submit(engine_completion, engine, image, new_tokens).result()
-            first = api_first_content(connection, payload)
-            if index < warm_up:
-                continue
-            ttft.append(marks[1] - marks[0])
-            speed.append((len(marks) - 2) / max(marks[-1] - marks[1], 1e-9))
-            latency.append(marks[-1] - marks[0])
-            if first is not None:
-                api.append(first)
-    return {"ttft": ttft, "speed": speed, "latency": latency, "api_ttft": api}
+    rows = []
+    for model, backend in zip(args.models, backends):
+        try:
+            worker = worker_for(model, backend, args)
+        except WorkerFailed as error:
+            failed(error)
+            continue
+        rounds[worker] = [None] * args.requests
+        if args.sequential:
+            for index, _, reply in interleaved([worker], args.requests, "round"):
+                if isinstance(reply, WorkerFailed):
+                    failed(reply)
+                    break
+                rounds[worker][index] = reply
+            else:
+                rows.append(finish(worker))
+            continue
+        workers.append(worker)
+    live = list(workers)
+    for index, worker, reply in interleaved(workers, args.requests, "round touch"):
+        if isinstance(reply, WorkerFailed):
+            failed(reply)
+            live.remove(worker)
+        else:
+            rounds[worker][index] = reply
+    rows += [finish(worker) for worker in live]
+    return [r for r in rows if r is not None], failures
 
 
-def measure(
-    model: str,
-    backend: str | None,
-    quant: str | None,
-    data: str,
-    new_tokens: int,
-    requests: int,
-    threads: int,
-    dtype: str = "auto",
-    warm_up: int = WARM_UP,
-    cuda_graphs: bool = True,
-) -> dict[str, Any]:
-    """Run in a fresh process: one model on one back end. The process imports what that back end runs
-    on and no more (a GGUF export: llama.cpp, no PyTorch or transformers), as its deployment would."""
-    from PIL import Image
-
-    from distill.process_memory import current_rss_mib, peak_rss_mib
-    from serve.engines import detect_backend, open_engine
-
-    image = Image.open(data).convert("RGB")
-    import uvicorn  # noqa: F401
-
-    import serve.app  # imported before the baseline, like every model's runtime
-    from export.bench import import_runtime
-
-    chosen = backend or detect_backend(Path(model))
-    import_runtime({"torch": "pytorch", "onnx": "onnx"}.get(chosen, "gguf"), Path(model))
-    if chosen == "torch":
-        import serve.torch_engine  # noqa: F401
-
-    before = current_rss_mib()
-    start = time.perf_counter()
-    on_torch = chosen == "torch"  # --dtype is the checkpoints' only
-    engine = open_engine(model, backend, quant, threads, dtype if on_torch else "auto", cuda_graphs)
-    load = time.perf_counter() - start
-    runs = paired_runs(engine, image, new_tokens, requests, warm_up)
-    api = runs["api_ttft"]
-    memory, memory_kind = peak_memory_mib(before)
-    process_peak = peak_rss_mib()
-    tensors = None
-    on_cpu = str(getattr(engine, "device", "cpu")).startswith("cpu")
-    if engine.backend == "torch" and on_cpu:  # on a GPU, CUDA peak allocated is the tensors' peak
-        from serve.tensor_memory import peak_tensor_mib
-
-        tensors = peak_tensor_mib(engine.model, lambda: engine_completion(engine, image, new_tokens))
+def row(final: dict[str, Any], rounds: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """A model's row: medians and percentiles over its rounds, and each round's figures (milliseconds,
+    tokens/s; None for a round it did not take) for the per-round ratios."""
+    taken = [r for r in rounds if r is not None]
+    api = [r["api_ttft"] for r in taken if r["api_ttft"] is not None]
+    latency = [r["latency"] for r in taken]
     return {
-        "model": engine.name,
-        "backend": engine.backend,
-        "dtype": getattr(engine, "weights_dtype", None),
-        "cuda_graphs": getattr(engine, "graphs_on", False),
-        "load_s": load,
-        "ttft_ms": 1000 * statistics.median(runs["ttft"]),
-        "decode_tokens_per_s": statistics.median(runs["speed"]),
-        "latency_p50_ms": 1000 * percentile(runs["latency"], 50),
-        "latency_p95_ms": 1000 * percentile(runs["latency"], 95),
+        **final,
+        "ttft_ms": 1000 * statistics.median(r["ttft"] for r in taken),
+        "decode_tokens_per_s": statistics.median(r["speed"] for r in taken),
+        "latency_p50_ms": 1000 * percentile(latency, 50),
+        "latency_p95_ms": 1000 * percentile(latency, 95),
         "api_ttft_ms": 1000 * statistics.median(api) if api else None,
-        "weights_mib": sum(f.stat().st_size for f in engine.weight_files()) / 2**20,
-        "peak_memory_mib": memory,
-        "memory_kind": memory_kind,
-        "peak_tensor_mib": tensors,
-        "peak_rss_mib": process_peak,  # the whole process: Python, the runtime, the server, the model
-        "torch_imported": "torch" in sys.modules,
+        "rounds": {
+            "ttft_ms": [None if r is None else 1000 * r["ttft"] for r in rounds],
+            "decode_tokens_per_s": [None if r is None else r["speed"] for r in rounds],
+        },
     }
 
 
-def run_worker(model: Path, backend: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        "-m",
-        "serve.bench",
-        "--worker",
-        json.dumps(
-            [
-                str(model),
-                backend,
-                args.quant,
-                str(probe_image_path(args.data)),
-                args.new_tokens,
-                args.requests,
-                args.threads,
-                args.dtype,
-                args.warm_up,
-                args.cuda_graphs,
-            ]
-        ),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark of {model} ({backend or 'auto'}) failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def compared(r: dict[str, Any], base: dict[str, Any], key: str, in_turn: bool) -> str:
+    """r's figure against the baseline's: in turn, the median of the per-round ratios with their middle
+    half in brackets; one model after another, the ratio of the medians."""
+    if r is base:
+        return "1.00x"
+    if not in_turn:
+        return f"{r[key] / base[key]:.2f}x"
+    paired = paired_ratios(r["rounds"][key], base["rounds"][key])
+    if paired is None:
+        return "n/a"
+    middle, low, high = paired
+    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def label(row: dict[str, Any]) -> str:
@@ -271,10 +176,15 @@ def label(row: dict[str, Any]) -> str:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    base = rows[0]
+    base, in_turn = rows[0], not args.sequential
+    how = (
+        "the models taking their rounds in turn; ratios against {}: median of the per-round ratios (middle half)"
+        if in_turn
+        else "one model after another; ratios of medians against {}"
+    ).format(f"{base['model']} ({label(base)})")
     lines = [
-        f"one image + question, {args.new_tokens} greedy tokens, {args.requests} requests after {args.warm_up} warm-ups, "
-        f"{args.threads} threads, each model in its own process; ratios against {base['model']} ({label(base)}):",
+        f"one image + question, {args.new_tokens} greedy tokens, {args.requests} rounds after {args.warm_up} warm-ups, "
+        f"{args.threads} threads, each model in its own process, {how}:",
         "| model | back end | TTFT (ms) | decode (tokens/s) | latency p50 / p95 (ms) | API TTFT (ms) | API / engine TTFT (+ms) "
         f"| weight files (MiB) | {base['memory_kind']} (MiB) | peak tensors (MiB) | peak RSS, process (MiB) "
         "| TTFT vs first | decode vs first | memory vs first | tensors vs first | process RSS vs first |",
@@ -288,8 +198,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} | {or_na(api)} | {overhead} | "
             f"{r['weights_mib']:.1f} | "
             f"{r['peak_memory_mib']:.0f} | {or_na(r.get('peak_tensor_mib'))} | {r['peak_rss_mib']:.0f} | "
-            f"{r['ttft_ms'] / base['ttft_ms']:.2f}x | "
-            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | {r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x | "
+            f"{compared(r, base, 'ttft_ms', in_turn)} | {compared(r, base, 'decode_tokens_per_s', in_turn)} | "
+            f"{r['peak_memory_mib'] / base['peak_memory_mib']:.2f}x | "
             f"{ratio(r.get('peak_tensor_mib'), base.get('peak_tensor_mib'))} | "
             f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |"
         )
@@ -422,7 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument(
-        "--requests", type=int, default=5, help="timed completions per model (after a warm-up)"
+        "--requests", type=int, default=5, help="timed rounds per model (engine mode) or requests (load mode)"
     )
     parser.add_argument(
         "--warm-up", type=int, default=WARM_UP, help="untimed completions before the timed ones"
@@ -432,6 +342,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_cuda_graphs_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure one model after another instead of in turn (models that do not fit in memory together)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/serve-bench"), help="bench.json, bench.md, bench.png"
     )
@@ -461,13 +376,7 @@ def run(args: argparse.Namespace) -> int:
     backends = args.backends or [None] * len(args.models)
     if len(backends) != len(args.models):
         raise ValueError(f"{len(backends)} back ends for {len(args.models)} models")
-    rows, failures = [], []
-    for model, backend in zip(args.models, backends):  # a model that fails costs its row, not the others'
-        try:
-            rows.append(run_worker(model, backend, args))
-        except RuntimeError as error:
-            failures.append(str(error))
-            print(f"serve bench: {error}", file=sys.stderr, flush=True)
+    rows, failures = measure_models(args, backends)
     if not rows:
         raise RuntimeError(f"no model could be measured ({len(failures)} failed)")
     table = report(rows, args)
@@ -484,7 +393,3 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(args.out / "bench.md", table + "\n")
     plot(rows, args.out / "bench.png")
     return 1 if failures else 0
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    print(json.dumps(measure(*json.loads(sys.argv[2]))))

@@ -1,7 +1,8 @@
-"""`python -m serve bench`: engine mode (each model in its own process, API TTFT beside engine TTFT, JSON +
-markdown + PNG) and load mode against a running server (no errors, latency percentiles, server RSS)."""
+"""`python -m serve bench`: engine mode (each model in its own process, the models taking their rounds in
+turn or one after another, API TTFT beside engine TTFT, JSON + markdown + PNG) and load mode against a running server (no errors, latency percentiles, server RSS)."""
 
 import json
+import re
 import threading
 import time
 
@@ -20,7 +21,13 @@ def test_engine_mode_measures_every_model_and_writes_the_report(
     assert main([*args, "--requests", "2", "--new-tokens", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| student | torch float32 |" in printed and "| teacher | torch float32 |" in printed
+    assert "the models taking their rounds in turn" in printed
+    teacher_line = next(line for line in printed.splitlines() if line.startswith("| teacher |"))
+    assert re.search(
+        r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \| \d+\.\d\dx \(", teacher_line
+    )  # per-round ratios
     rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert all(len(r["rounds"]["ttft_ms"]) == 2 and None not in r["rounds"]["ttft_ms"] for r in rows)
     assert all(r["ttft_ms"] > 0 and r["api_ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in rows)
     on_disk = sum(f.stat().st_size for f in student_dir.glob("*.safetensors")) / 2**20
     assert rows[0]["weights_mib"] == on_disk and rows[1]["weights_mib"] > on_disk
@@ -44,8 +51,25 @@ def test_a_gguf_worker_runs_without_torch_and_every_row_has_its_whole_process_pe
         "--data",
         str(shapes / "test.json"),
     ]
-    assert main([*args, "--requests", "1", "--warm-up", "1", "--new-tokens", "2", "--out", str(out)]) == 0
-    assert "peak RSS, process (MiB)" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                *args,
+                "--requests",
+                "1",
+                "--warm-up",
+                "1",
+                "--new-tokens",
+                "2",
+                "--out",
+                str(out),
+                "--sequential",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "peak RSS, process (MiB)" in printed and "one model after another; ratios of medians" in printed
     torch_row, gguf_row = json.loads((out / "bench.json").read_text())["rows"]
     assert torch_row["torch_imported"] and not gguf_row["torch_imported"]
     for row in (torch_row, gguf_row):
