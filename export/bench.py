@@ -14,6 +14,12 @@ model, its runtime imported. Each process imports only its runtime, as a deploym
 torch and transformers; ONNX Runtime the kit's runner, whose processor brings transformers and torch;
 llama.cpp llama-cpp-python, numpy and Pillow (the prompt's chat text is rendered once in the parent
 process). Ratios are against PyTorch fp32 measured in the same run.
+
+The formats are loaded one after the other and then take their generations in turn
+(distill/bench_workers.py): round r of every format runs before round r + 1 of any, so that a shared
+VM's drift over minutes slows every format alike, and "decode / PyTorch" is the median of the
+per-round ratios, the middle half of them in brackets. All formats are in memory at once;
+--sequential measures one after another instead (a ratio of medians then).
 A GGUF export gives one row per language-model file (llama.cpp through llama-cpp-python, the image
 through the export's mmproj file: export/gguf_runner.py); its size counts the mmproj too. Should a
 GGUF export have no mmproj (one written before the vision tower was exported), every format answers
@@ -25,12 +31,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from distill.bench_workers import (
+    Worker,
+    WorkerFailed,
+    commands,
+    interleaved,
+    paired_ratios,
+    protocol_channel,
+    reply,
+)
 from distill.process_memory import current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
 
@@ -45,21 +59,19 @@ def first_held_out_prompt(data: Path) -> tuple[Path, str]:
     raise ValueError(f"{data}: no record with an image")
 
 
-def timed(generate: Any, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(median seconds to the first token, median decode tokens/s after it).
+TOUCH_BELOW_S = 1.0
+
+
+def timed_generation(generate: Any, new_tokens: int) -> dict[str, float]:
+    """One generation's seconds to the first token and decode tokens/s after it.
 
     `generate(tokens, mark)` must call `mark()` as each new token is chosen."""
-    generate(new_tokens, lambda: None)  # warm-up
-    firsts, rates = [], []
-    for _ in range(repeats):
-        marks: list[float] = []
-        start = time.perf_counter()
-        generate(new_tokens, lambda marks=marks: marks.append(time.perf_counter()))
-        if len(marks) != new_tokens:
-            raise RuntimeError(f"the generation made {len(marks)} tokens, not {new_tokens}")
-        firsts.append(marks[0] - start)
-        rates.append((new_tokens - 1) / max(marks[-1] - marks[0], 1e-9))
-    return statistics.median(firsts), statistics.median(rates)
+    marks: list[float] = []
+    start = time.perf_counter()
+    generate(new_tokens, lambda: marks.append(time.perf_counter()))
+    if len(marks) != new_tokens:
+        raise RuntimeError(f"the generation made {len(marks)} tokens, not {new_tokens}")
+    return {"first": marks[0] - start, "rate": (new_tokens - 1) / max(marks[-1] - marks[0], 1e-9)}
 
 
 class _Marker:
@@ -130,8 +142,9 @@ def import_model_modules(checkpoint: Path) -> None:
             importlib.import_module(f"transformers.models.{module}.modeling_{module}")
 
 
-def measure(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Run in a fresh process: load one format and time its generation.
+def load_format(kind: str, path: Path, job: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """In a fresh process: load one format; returns its `generate(tokens, mark)` and what is known of it
+    so far (size, load time, the RSS before loading).
 
     Each format imports only what it runs on: PyTorch torch and transformers; ONNX Runtime its runner,
     whose processor comes from transformers (and so torch); llama.cpp llama-cpp-python, numpy and
@@ -139,7 +152,7 @@ def measure(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image
 
     image = Image.open(job["image"]).convert("RGB") if job["image"] else None
-    text, new_tokens, repeats, threads = job["text"], job["new_tokens"], job["repeats"], job["threads"]
+    text, threads = job["text"], job["threads"]
     import_runtime(kind, path)
     before = current_rss_mib()
     start = time.perf_counter()
@@ -179,25 +192,95 @@ def measure(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
             for _ in gguf.stream(image, text, tokens, ignore_eos=True):  # the prompt decoded afresh each call
                 mark()
 
-    load_seconds = time.perf_counter() - start
-    first, rate = timed(generate, new_tokens, repeats)
-    return {
+    return generate, {
         "size_mib": size / 2**20,
-        "load_s": load_seconds,
-        "first_token_s": first,
-        "decode_tokens_per_s": rate,
-        "peak_rss_mib": peak_rss_mib(),
-        "peak_rss_above_imports_mib": peak_rss_mib() - before,
-        "torch_imported": "torch" in sys.modules,
+        "load_s": time.perf_counter() - start,
+        "rss_before_mib": before,
     }
 
 
-def run_worker(kind: str, path: Path, job: dict[str, Any]) -> dict[str, Any]:
+def worker(kind: str, path: Path, job: dict[str, Any]) -> int:
+    """A worker process (distill/bench_workers.py): load and warm up, then one timed generation per
+    "round", and the memory figures on "finish". With "round touch", a generation shorter than
+    TOUCH_BELOW_S is preceded by an untimed one, so that a round taken after another format's starts on
+    caches and thread pools of its own (llama.cpp's decoding of the tiny student, at 0.2 ms a token,
+    otherwise shows its idle threads waking); a longer one is not worth repeating."""
+    channel = protocol_channel()
+    generate, known = load_format(kind, path, job)
+    start = time.perf_counter()
+    generate(job["new_tokens"], lambda: None)  # warm-up
+    short = time.perf_counter() - start < TOUCH_BELOW_S
+    reply(channel, {"load_s": known["load_s"]})
+    for command in commands():
+        if command in ("round", "round touch"):
+            if command == "round touch" and short:
+                generate(job["new_tokens"], lambda: None)
+            reply(channel, timed_generation(generate, job["new_tokens"]))
+        elif command == "finish":
+            peak = peak_rss_mib()
+            reply(
+                channel,
+                {
+                    "size_mib": known["size_mib"],
+                    "load_s": known["load_s"],
+                    "peak_rss_mib": peak,
+                    "peak_rss_above_imports_mib": peak - known["rss_before_mib"],
+                    "torch_imported": "torch" in sys.modules,
+                },
+            )
+            return 0
+    return 0
+
+
+def start_worker(name: str, kind: str, path: Path, job: dict[str, Any]) -> Worker:
     command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), json.dumps(job)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark of {path} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    started = Worker(command, f"{name} ({path})")
+    try:
+        started.read()  # loaded and warmed up
+    except WorkerFailed:
+        started.close()
+        raise
+    return started
+
+
+def measure_formats(
+    todo: list[tuple[str, str, Path]], job: dict[str, Any], sequential: bool
+) -> dict[str, dict[str, Any]]:
+    """Every format's row: medians over its rounds, and each round's figures for per-round ratios.
+    In turn (the default) the formats are loaded one after the other, then take their rounds in turn;
+    `sequential`: each format's rounds before the next format loads."""
+    repeats, rows = job["repeats"], {}
+
+    def take_rounds(workers: dict[str, Worker], command: str) -> None:
+        by_worker = {w: name for name, w in workers.items()}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in workers}
+        for _, taker, result in interleaved(list(workers.values()), repeats, command):
+            if isinstance(result, WorkerFailed):
+                raise result
+            rounds[by_worker[taker]].append(result)
+        for name, taker in workers.items():
+            final = taker.ask("finish")
+            taker.close()
+            firsts = [r["first"] for r in rounds[name]]
+            rates = [r["rate"] for r in rounds[name]]
+            rows[name] = {
+                **final,
+                "first_token_s": statistics.median(firsts),
+                "decode_tokens_per_s": statistics.median(rates),
+                "rounds": {"first_token_s": firsts, "decode_tokens_per_s": rates},
+            }
+
+    started: dict[str, Worker] = {}
+    try:
+        for name, kind, path in todo:
+            started[name] = start_worker(name, kind, path, job)
+            if sequential:
+                take_rounds({name: started.pop(name)}, "round")
+        take_rounds(started, "round touch")
+    finally:
+        for leftover in started.values():
+            leftover.close()
+    return {name: rows[name] for name, _, _ in todo}
 
 
 def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
@@ -225,16 +308,34 @@ def has_mmproj(folder: Path) -> bool:
     return bool(json.loads((folder / "manifest.json").read_text()).get("vision"))
 
 
+def decode_ratio(r: dict[str, Any], base: dict[str, Any], in_turn: bool) -> str:
+    """r's decode speed against PyTorch's: in turn, the median of the per-round ratios with their middle
+    half in brackets; one format after another, the ratio of the medians."""
+    if r is base:
+        return "1.00x"
+    if not in_turn:
+        return f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x"
+    middle, low, high = paired_ratios(
+        r["rounds"]["decode_tokens_per_s"], base["rounds"]["decode_tokens_per_s"]
+    )
+    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only: bool) -> str:
-    base = rows["pytorch fp32"]
+    base, in_turn = rows["pytorch fp32"], not args.sequential
     prompt = (
         "one question (text only: a GGUF export without mmproj is compared)"
         if text_only
         else "one image + question"
     )
+    how = (
+        "the formats taking their generations in turn; decode / PyTorch: median of the per-round ratios (middle half)"
+        if in_turn
+        else "one format after another"
+    )
     lines = [
         f"{args.model}: {prompt} from {args.data}, {args.new_tokens} greedy tokens, median of "
-        f"{args.repeats}, {args.threads} threads, each format in its own process:",
+        f"{args.repeats}, {args.threads} threads, each format in its own process, {how}:",
         "| format | size (MiB) | load (s) | first token (ms) | decode (tokens/s) | peak RSS (MiB) "
         "| above imports (MiB) | decode / PyTorch | peak RSS / PyTorch | RSS above imports / PyTorch |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -243,7 +344,7 @@ def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only:
         lines.append(
             f"| {name} | {r['size_mib']:.2f} | {r['load_s']:.2f} | {1000 * r['first_token_s']:.1f} | "
             f"{r['decode_tokens_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_above_imports_mib']:.0f} | "
-            f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x | "
+            f"{decode_ratio(r, base, in_turn)} | "
             f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x | "
             f"{r['peak_rss_above_imports_mib'] / max(base['peak_rss_above_imports_mib'], 1e-9):.2f}x |"
         )
@@ -261,7 +362,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("data/shapes/test.json"), help="held-out questions")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per generation")
-    parser.add_argument("--repeats", type=int, default=3, help="timed generations (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed generations per format (median)")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure one format after another instead of in turn (formats that do not fit in memory together)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every format")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
@@ -270,9 +376,7 @@ def run(args: argparse.Namespace) -> int:
     todo = formats(args.export)
     text_only = any(kind.startswith("gguf") and not has_mmproj(path) for _, kind, path in todo)
     job = prompt_job(args, text_only)
-    rows = {"pytorch fp32": run_worker("pytorch", args.model, job)}
-    for name, kind, path in todo:
-        rows[name] = run_worker(kind, path, job)
+    rows = measure_formats([("pytorch fp32", "pytorch", args.model), *todo], job, args.sequential)
     print(report(rows, args, text_only))
     if args.out:
         write_text_atomic(args.out, json.dumps({"model": str(args.model), "rows": rows}, indent=1))
@@ -281,4 +385,4 @@ def run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     kind, path, job = sys.argv[2:5]
-    print(json.dumps(measure(kind, Path(path), json.loads(job))))
+    sys.exit(worker(kind, Path(path), json.loads(job)))

@@ -15,8 +15,8 @@ latency p50 / p95, and the API's TTFT, so "API TTFT / engine TTFT" is the server
 measured in alternation so that both see the machine in the same state.
 
 The models are loaded one after the other and then take their rounds in turn (distill/bench_workers.py):
-round r of every model runs before round r + 1 of any, each starting with an untimed one-token
-completion so that its caches are its own. A shared VM's speed drifts by tens of percent over
+round r of every model runs before round r + 1 of any, a short round starting with an untimed
+repeat so that its caches are its own (serve/bench_worker.py). A shared VM's speed drifts by tens of percent over
 minutes, so each ratio to the first model is the median of the per-round ratios (the middle half
 of them in brackets): neighbouring rounds, not moments minutes apart. All models are in memory at
 once; --sequential measures one after another instead (ratios of medians then). LLaVA-1.5-7B is one of

@@ -8,8 +8,11 @@ PyTorch or transformers), as its deployment would, loads the model, serves it ov
 on uvicorn, a local port) and runs the warm-up rounds. Each round is one completion of exactly
 `new_tokens` greedy tokens on the image + question from the engine, each token time-stamped, then the
 same request streamed through the API, alternated so that both see the machine in the same state and
-both on the server's engine thread. "round touch" first runs a one-token completion through each,
-untimed, so that a round taken after another model's starts on caches of its own. "finish" replies
+both on the server's engine thread. "round touch" first runs, untimed, the engine's completion and
+a one-token one through the API, so that a round taken after another model's starts on caches and
+thread pools of its own (llama.cpp decoding the tiny student at 0.2 ms a token otherwise shows its
+idle threads waking); only where a round takes under TOUCH_BELOW_S: a longer one is not worth
+repeating. "finish" replies
 with the peak memory (RSS above imports on CPU, CUDA peak allocated on GPU; for PyTorch on CPU also
 the peak of its tensors, from one more completion under torch.profiler: serve/tensor_memory.py).
 """
@@ -31,6 +34,7 @@ from distill.bench_workers import commands, protocol_channel, reply
 JSON_HEADERS = {"Content-Type": "application/json"}
 QUESTION = "What color is the circle? Describe the picture."
 WARM_UP = 3  # untimed rounds first: the first calls of a runtime (and of a fresh HTTP connection) are slow
+TOUCH_BELOW_S = 1.0  # "round touch" repeats rounds shorter than this untimed first
 
 
 def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:
@@ -161,8 +165,10 @@ class MeasuredModel:
         self.engine_thread = app.state.gate.executor
         self.payload = json.dumps(streaming_request(self.image, new_tokens)).encode()
         self.touch_payload = json.dumps(streaming_request(self.image, 1)).encode()
+        start = time.perf_counter()
         for _ in range(warm_up):
             self.round()
+        self.short = warm_up == 0 or (time.perf_counter() - start) / warm_up < TOUCH_BELOW_S
 
     def completion(self, new_tokens: int) -> list[float]:
         return self.engine_thread.submit(engine_completion, self.engine, self.image, new_tokens).result()
@@ -170,8 +176,8 @@ class MeasuredModel:
     def round(self, touch: bool = False) -> dict[str, float | None]:
         """One engine completion and the same through the API: TTFT, decode speed and latency from the
         engine's time stamps, TTFT from the API's first content chunk (seconds; None if none came)."""
-        if touch:
-            self.completion(1)
+        if touch and self.short:
+            self.completion(self.new_tokens)
             api_first_content(self.connection, self.touch_payload)
         marks = self.completion(self.new_tokens)
         return {

@@ -258,9 +258,23 @@ def test_bench_times_gguf_files_beside_pytorch_on_image_prompts(shapes, student_
         "--out",
         str(tmp_path / "b.json"),
     ]
-    assert main([*args, "--data", str(shapes / "test.json"), "--new-tokens", "3", "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--data",
+                str(shapes / "test.json"),
+                "--new-tokens",
+                "3",
+                "--repeats",
+                "1",
+                "--sequential",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "text only" not in printed
+    assert "text only" not in printed and "one format after another" in printed
     assert "| gguf f16 (gguf) |" in printed and "| gguf q8_0 (gguf) |" in printed
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     # llama.cpp's process holds llama-cpp-python, numpy and Pillow, as a deployment would: no torch

@@ -4,6 +4,7 @@ decoders that load and generate, and bad input refused before anything is writte
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,14 +237,18 @@ def test_bench_times_each_format_in_its_own_process(shapes, student_dir, tmp_pat
         "--data",
         str(shapes / "test.json"),
     ]
-    assert main([*args, "--new-tokens", "3", "--repeats", "1", "--out", str(tmp_path / "b.json")]) == 0
+    assert main([*args, "--new-tokens", "3", "--repeats", "2", "--out", str(tmp_path / "b.json")]) == 0
     printed = capsys.readouterr().out
     assert (
         "| pytorch fp32 |" in printed and "| onnx int8 (onnx) |" in printed and "| 1.00x | 1.00x |" in printed
     )
+    assert "the formats taking their generations in turn" in printed
+    onnx_line = next(line for line in printed.splitlines() if line.startswith("| onnx int8"))
+    assert re.search(r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|", onnx_line)  # per-round ratio, middle half
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     for row in rows.values():
         assert row["decode_tokens_per_s"] > 0 and row["first_token_s"] > 0 and row["peak_rss_mib"] > 100
+        assert len(row["rounds"]["decode_tokens_per_s"]) == 2
 
 
 def test_the_bench_imports_a_checkpoints_model_families_before_its_memory_baseline(student_dir):
