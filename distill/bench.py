@@ -24,8 +24,8 @@ step and data loading, and no memory figures, but far less spread than processes
 
     python -m distill bench --part paired --methods kd,iva,tpa-kv,align-ti
 
-Part "loss": the KD loss (forward KL; --divergence reverse_kl or jsd for EM-KD's and GKD's) alone,
-forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
+Part "loss": the KD loss (forward KL; --divergence reverse_kl, jsd or a skew KL for EM-KD's, GKD's and
+DistiLLM's) alone, forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
 (student width --student-hidden, teacher width --teacher-hidden), naive (whole logits) vs chunked
 (--chunk-size positions at a time, closed_form.HeadDivergence), and the chunked form three times
 more: under torch.utils.checkpoint instead, so again with the divergence's gradient through
@@ -522,8 +522,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--divergence",
         choices=list(CLOSED_FORMS),
         default="forward_kl",
-        help="the divergence of the loss-only test: forward_kl (KD, IVA, TPA), reverse_kl (EM-KD's VSD) or "
-        "jsd (GKD; beta 0.5)",
+        help="the divergence of the loss-only test: forward_kl (KD, IVA, TPA), reverse_kl (EM-KD's VSD), "
+        "jsd (GKD; beta 0.5) or skew_forward_kl / skew_reverse_kl (DistiLLM's; alpha 0.1)",
     )
     parser.add_argument(
         "--out", default="runs/bench/distill_bench.json", help="write the figures here as JSON"

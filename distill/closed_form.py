@@ -1,4 +1,4 @@
-"""Forward KL, reverse KL and GKD's generalized JSD with their gradients in closed form.
+"""Forward KL, reverse KL, GKD's generalized JSD and DistiLLM's skew KLs with their gradients in closed form.
 
     kl = LogitsDivergence.apply(student_logits, teacher_logits, "forward_kl", 0.5)      # [N]
     kl = HeadDivergence.apply(h_s, W_s, h_t, W_t, HeadSpec("jsd", chunk_size=512))      # [N]
@@ -9,6 +9,9 @@ With Q = softmax(s) the student's distribution (s its logits) and P_T the teache
     reverse_kl  KL(Q||P_T)                     d/ds = Q * (log Q - log P_T - KL(Q||P_T))
     jsd         b KL(P_T||M) + (1-b) KL(Q||M)  d/ds = (1-b) * Q * (log Q - log M - KL(Q||M)),
                 M = b P_T + (1-b) Q            (the P_T terms cancel; 0 < b < 1)
+    skew_forward_kl  KL(P_T||M), M = a P_T + (1-a) Q      d/ds = (1-a) * Q * (c - P_T/M), c = sum Q P_T/M
+    skew_reverse_kl  KL(Q||M),   M = a Q + (1-a) P_T      d/ds = Q * (g - sum Q g), g = log Q/M - a Q/M
+                (DistiLLM's skew KLs; `beta` carries the skew a)
 
 each a few in-place passes over the [N, V] logits, where autograd's log_softmax + kl_div chain
 allocates and walks several. The teacher's logits never get a gradient here.
@@ -31,7 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CLOSED_FORMS = ("forward_kl", "reverse_kl", "jsd")
+CLOSED_FORMS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
+SKEWED = ("skew_forward_kl", "skew_reverse_kl")  # their mixing weight is `beta` here: the skew alpha
 
 
 def log_mixture_(t_log: torch.Tensor, q_log: torch.Tensor, beta: float) -> torch.Tensor:
@@ -48,6 +52,9 @@ def divergence_value_(
     Also returns the per-row scalar the gradient needs (None for forward KL) and the teacher's side
     of it: P_T for forward KL (t_log is overwritten), t_log itself otherwise. `student` is left as
     it is where lse is given, and may be overwritten where it is not."""
+    if name in SKEWED:
+        q_log = student if lse is None else student - lse.unsqueeze(-1)
+        return skew_value(name, q_log, t_log, beta), None, t_log
     if name == "forward_kl":  # sum P_T (log P_T - s + lse), in t_log's buffer
         p_t = t_log.exp()
         difference = t_log.sub_(student)
@@ -67,11 +74,38 @@ def divergence_value_(
     return beta * kl_teacher + (1 - beta) * kl_student, kl_student, t_log
 
 
+def skew_value(name: str, q_log: torch.Tensor, t_log: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DistiLLM's skew KLs per row [n] from log-probabilities (neither is overwritten):
+    KL(P_T || a P_T + (1-a) Q) or KL(Q || a Q + (1-a) P_T)."""
+    if name == "skew_forward_kl":
+        m_log = log_mixture_(t_log, q_log, alpha)
+        return m_log.neg_().add_(t_log).mul_(t_log.exp()).sum(-1)
+    m_log = log_mixture_(t_log, q_log, 1 - alpha)
+    return m_log.neg_().add_(q_log).mul_(q_log.exp()).sum(-1)
+
+
+def skew_gradient_(name: str, q_log: torch.Tensor, t_log: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d skew KL / d student logits [n, V], written over `q_log`. With M the mixture:
+    skew_forward_kl  (1-a) Q (c - P_T/M),   c = sum Q P_T/M
+    skew_reverse_kl  Q (g - sum Q g),       g = log Q - log M - a Q/M"""
+    if name == "skew_forward_kl":
+        ratio = log_mixture_(t_log, q_log, alpha).neg_().add_(t_log).exp_()  # P_T / M
+        q = q_log.exp_()
+        c = (q * ratio).sum(-1, keepdim=True)
+        return ratio.neg_().add_(c).mul_(q).mul_(1 - alpha)
+    log_ratio = log_mixture_(t_log, q_log, 1 - alpha).neg_().add_(q_log)  # log Q/M
+    g = log_ratio.sub_(log_ratio.exp().mul_(alpha))
+    q = q_log.exp_()
+    return g.sub_((q * g).sum(-1, keepdim=True)).mul_(q)
+
+
 def divergence_gradient_(
     name: str, q_log: torch.Tensor, teacher: torch.Tensor, aux: torch.Tensor | None, beta: float
 ) -> torch.Tensor:
     """d divergence / d student logits [n, V], written over `q_log`; `teacher` and `aux` as
     divergence_value_ returned them."""
+    if name in SKEWED:
+        return skew_gradient_(name, q_log, teacher, beta)
     if name == "forward_kl":
         return q_log.exp_().sub_(teacher)
     if name == "reverse_kl":
@@ -83,9 +117,12 @@ def divergence_gradient_(
 
 
 def canonical(name: str, beta: float) -> str:
-    """The JSD at b = 0 is forward KL and at b = 1 reverse KL (TRL's convention)."""
+    """The JSD at b = 0 is forward KL and at b = 1 reverse KL (TRL's convention); a skew KL with
+    a = 0 is the plain KL."""
     if name == "jsd" and beta in (0.0, 1.0):
         return "forward_kl" if beta == 0.0 else "reverse_kl"
+    if name in SKEWED and beta == 0.0:
+        return name.removeprefix("skew_")
     return name
 
 

@@ -10,8 +10,8 @@ Per-position divergences take teacher and student logits [N, V] and return [N]:
     skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
     tvd          0.5 * sum |P_T - P_S|
 
-Forward KL, reverse KL and the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) take their
-gradients in closed form (distill/closed_form.py): a few in-place passes over the logits where
+Forward KL, reverse KL, the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) and the skew KLs
+take their gradients in closed form (distill/closed_form.py): a few in-place passes over the logits where
 autograd's log_softmax + kl_div chain allocates and walks several. `closed_form=False` keeps that
 chain, the reference the tests and `python -m distill bench --part loss --divergence ...` compare
 against; it is also used where the teacher's logits need a gradient.
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from distill.closed_form import CLOSED_FORMS, HeadDivergence, HeadSpec, LogitsDivergence, chunks
+from distill.closed_form import CLOSED_FORMS, SKEWED, HeadDivergence, HeadSpec, LogitsDivergence, chunks
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
@@ -73,7 +73,9 @@ def per_position_divergence(
     if temperature != 1.0:
         teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
     if closed_form and name in CLOSED_FORMS and not teacher_logits.requires_grad:
-        return LogitsDivergence.apply(student_logits, teacher_logits, name, jsd_beta)
+        return LogitsDivergence.apply(
+            student_logits, teacher_logits, name, mixing_weight(name, jsd_beta, skew_alpha)
+        )
     t_log = F.log_softmax(teacher_logits.float(), dim=-1)
     s_log = F.log_softmax(student_logits.float(), dim=-1)
     if name == "forward_kl":
@@ -94,6 +96,11 @@ def per_position_divergence(
     if name == "tvd":
         return 0.5 * (t_log.exp() - s_log.exp()).abs().sum(-1)
     raise ValueError(f"unknown divergence {name!r} (known: {', '.join(DIVERGENCES)})")
+
+
+def mixing_weight(name: str, jsd_beta: float, skew_alpha: float) -> float:
+    """The closed forms' one mixing parameter: the skew KLs' alpha, else the JSD's beta."""
+    return skew_alpha if name in SKEWED else jsd_beta
 
 
 def per_position_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -152,7 +159,9 @@ def chunked_divergence(
     if closed_form and head_function and name in CLOSED_FORMS:
         weights = plain_weights(student_head, teacher_head, student_hidden, teacher_hidden)
         if weights is not None:
-            spec = HeadSpec(name, chunk_size, vocab_size, temperature, jsd_beta)
+            spec = HeadSpec(
+                name, chunk_size, vocab_size, temperature, mixing_weight(name, jsd_beta, skew_alpha)
+            )
             return HeadDivergence.apply(student_hidden, weights[0], teacher_hidden, weights[1], spec)
     parts = [
         checkpoint(chunk_loss, student_hidden[s], teacher_hidden[s], use_reentrant=False)

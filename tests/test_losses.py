@@ -44,21 +44,26 @@ def test_forward_kl_matches_the_definition():
 
 @pytest.mark.parametrize(
     "name, beta",
-    [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("jsd", 1.0)],
-)
+    [
+        ("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("jsd", 1.0),
+        ("skew_forward_kl", 0.1), ("skew_forward_kl", 0.9), ("skew_forward_kl", 0.0),
+        ("skew_reverse_kl", 0.1), ("skew_reverse_kl", 0.9), ("skew_reverse_kl", 0.0),
+    ],
+)  # fmt: skip
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_closed_form_divergences_equal_autograds_chain(name, beta, temperature, dtype):
-    """ForwardKL's, ReverseKL's and GeneralizedJSD's values and closed-form gradients against the
-    log_softmax + kl_div chain through autograd, under a non-uniform upstream gradient, for float32
-    and bfloat16 student logits."""
+    """The closed forms' values and gradients (forward and reverse KL, the generalized JSD with beta,
+    the skew KLs with alpha) against the log_softmax + kl_div chain through autograd, under a
+    non-uniform upstream gradient, for float32 and bfloat16 student logits."""
     teacher = _logits(n=9, v=40, seed=3).to(dtype)
     student = _logits(n=9, v=40, seed=4).to(dtype)
     upstream = torch.linspace(0.5, 2.0, 9)
     values, grads = [], []
     for closed_form in (True, False):
         s = student.clone().requires_grad_()
-        kl = per_position_divergence(name, teacher, s, temperature, beta, closed_form=closed_form)
+        kl = per_position_divergence(name, teacher, s, temperature, beta, beta, closed_form=closed_form)
+        assert ("LogitsDivergence" in type(kl.grad_fn).__name__) == closed_form
         (kl * upstream).sum().backward()
         values.append(kl.detach())
         grads.append(s.grad.float())
@@ -158,7 +163,16 @@ def test_chunked_cross_entropy_equals_torch(chunk_size):
     assert torch.allclose(grad, hidden.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)])
+@pytest.mark.parametrize(
+    "name, beta",
+    [
+        ("forward_kl", 0.5),
+        ("reverse_kl", 0.5),
+        ("jsd", 0.3),
+        ("skew_forward_kl", 0.2),
+        ("skew_reverse_kl", 0.2),
+    ],
+)
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
     """closed_form.HeadDivergence (one pass per chunk, one head-gradient buffer) against
@@ -174,7 +188,7 @@ def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
         hidden.grad = student_head.weight.grad = None
         per_position = chunked_divergence(
             hidden, teacher_hidden, student_head, teacher_head, name, 4, vocab_size=50,
-            temperature=temperature, jsd_beta=beta, head_function=head_function,
+            temperature=temperature, jsd_beta=beta, skew_alpha=beta, head_function=head_function,
         )  # fmt: skip
         assert ("HeadDivergence" in per_position.grad_fn.name()) == head_function
         (per_position * upstream).sum().backward()
@@ -185,7 +199,7 @@ def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
     assert results[0][2].abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"])
 def test_head_divergence_in_bf16_is_as_close_to_float64_as_checkpointed_chunks(name):
     """bf16 heads and hidden states (DeepSpeed's bf16 on a GPU, where the head Function runs): the
     head-gradient buffer accumulates in bf16 across chunks, as autograd's per-chunk gradients do."""
