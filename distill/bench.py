@@ -24,8 +24,8 @@ step and data loading, and no memory figures, but far less spread than processes
 
     python -m distill bench --part paired --methods kd,iva,tpa-kv,align-ti
 
-Part "loss": the KD loss (forward KL; --divergence reverse_kl, jsd or a skew KL for EM-KD's, GKD's and
-DistiLLM's) alone, forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
+Part "loss": the KD loss (forward KL; --divergence reverse_kl, jsd, a skew KL or tvd for EM-KD's, GKD's,
+DistiLLM's or TVD's) alone, forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
 (student width --student-hidden, teacher width --teacher-hidden), naive (whole logits) vs chunked
 (--chunk-size positions at a time, closed_form.HeadDivergence), and the chunked form three times
 more: under torch.utils.checkpoint instead, so again with the divergence's gradient through
@@ -523,7 +523,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(CLOSED_FORMS),
         default="forward_kl",
         help="the divergence of the loss-only test: forward_kl (KD, IVA, TPA), reverse_kl (EM-KD's VSD), "
-        "jsd (GKD; beta 0.5) or skew_forward_kl / skew_reverse_kl (DistiLLM's; alpha 0.1)",
+        "jsd (GKD; beta 0.5), skew_forward_kl / skew_reverse_kl (DistiLLM's; alpha 0.1) or tvd",
     )
     parser.add_argument(
         "--out", default="runs/bench/distill_bench.json", help="write the figures here as JSON"

@@ -1,4 +1,5 @@
-"""Forward KL, reverse KL, GKD's generalized JSD and DistiLLM's skew KLs with their gradients in closed form.
+"""Forward KL, reverse KL, GKD's generalized JSD, DistiLLM's skew KLs and the total variation distance
+with their gradients in closed form.
 
     kl = LogitsDivergence.apply(student_logits, teacher_logits, "forward_kl", 0.5)      # [N]
     kl = HeadDivergence.apply(h_s, W_s, h_t, W_t, HeadSpec("jsd", chunk_size=512))      # [N]
@@ -12,6 +13,7 @@ With Q = softmax(s) the student's distribution (s its logits) and P_T the teache
     skew_forward_kl  KL(P_T||M), M = a P_T + (1-a) Q      d/ds = (1-a) * Q * (c - P_T/M), c = sum Q P_T/M
     skew_reverse_kl  KL(Q||M),   M = a Q + (1-a) P_T      d/ds = Q * (g - sum Q g), g = log Q/M - a Q/M
                 (DistiLLM's skew KLs; `beta` carries the skew a)
+    tvd         0.5 sum |P_T - Q|               d/ds = 0.5 * Q * (d - sum Q d), d = sign(Q - P_T)
 
 each a few in-place passes over the [N, V] logits, where autograd's log_softmax + kl_div chain
 allocates and walks several. The teacher's logits never get a gradient here.
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CLOSED_FORMS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
+CLOSED_FORMS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 SKEWED = ("skew_forward_kl", "skew_reverse_kl")  # their mixing weight is `beta` here: the skew alpha
 
 
@@ -55,6 +57,9 @@ def divergence_value_(
     if name in SKEWED:
         q_log = student if lse is None else student - lse.unsqueeze(-1)
         return skew_value(name, q_log, t_log, beta), None, t_log
+    if name == "tvd":  # 0.5 sum |P_T - Q|
+        q = (student if lse is None else student - lse.unsqueeze(-1)).exp()
+        return q.sub_(t_log.exp()).abs_().sum(-1).mul_(0.5), None, t_log
     if name == "forward_kl":  # sum P_T (log P_T - s + lse), in t_log's buffer
         p_t = t_log.exp()
         difference = t_log.sub_(student)
@@ -106,6 +111,10 @@ def divergence_gradient_(
     divergence_value_ returned them."""
     if name in SKEWED:
         return skew_gradient_(name, q_log, teacher, beta)
+    if name == "tvd":  # 0.5 Q (d - sum Q d), d = sign(Q - P_T)
+        q = q_log.exp_()
+        sign = (q - teacher.exp()).sign_()
+        return sign.sub_((q * sign).sum(-1, keepdim=True)).mul_(q).mul_(0.5)
     if name == "forward_kl":
         return q_log.exp_().sub_(teacher)
     if name == "reverse_kl":

@@ -10,8 +10,8 @@ Per-position divergences take teacher and student logits [N, V] and return [N]:
     skew_reverse_kl  KL(P_S || a*P_S + (1-a)*P_T)
     tvd          0.5 * sum |P_T - P_S|
 
-Forward KL, reverse KL, the generalized JSD (KD, IVA and TPA; GKD; EM-KD's VSD) and the skew KLs
-take their gradients in closed form (distill/closed_form.py): a few in-place passes over the logits where
+Every divergence here (forward KL for KD, IVA and TPA; the generalized JSD for GKD; reverse KL for
+EM-KD's VSD; the skew KLs; TVD) takes its gradient in closed form (distill/closed_form.py): a few in-place passes over the logits where
 autograd's log_softmax + kl_div chain allocates and walks several. `closed_form=False` keeps that
 chain, the reference the tests and `python -m distill bench --part loss --divergence ...` compare
 against; it is also used where the teacher's logits need a gradient.

@@ -47,14 +47,14 @@ def test_forward_kl_matches_the_definition():
     [
         ("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9), ("jsd", 1.0),
         ("skew_forward_kl", 0.1), ("skew_forward_kl", 0.9), ("skew_forward_kl", 0.0),
-        ("skew_reverse_kl", 0.1), ("skew_reverse_kl", 0.9), ("skew_reverse_kl", 0.0),
+        ("skew_reverse_kl", 0.1), ("skew_reverse_kl", 0.9), ("skew_reverse_kl", 0.0), ("tvd", 0.5),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_closed_form_divergences_equal_autograds_chain(name, beta, temperature, dtype):
     """The closed forms' values and gradients (forward and reverse KL, the generalized JSD with beta,
-    the skew KLs with alpha) against the log_softmax + kl_div chain through autograd, under a
+    the skew KLs with alpha, TVD) against the log_softmax + kl_div chain through autograd, under a
     non-uniform upstream gradient, for float32 and bfloat16 student logits."""
     teacher = _logits(n=9, v=40, seed=3).to(dtype)
     student = _logits(n=9, v=40, seed=4).to(dtype)
@@ -171,6 +171,7 @@ def test_chunked_cross_entropy_equals_torch(chunk_size):
         ("jsd", 0.3),
         ("skew_forward_kl", 0.2),
         ("skew_reverse_kl", 0.2),
+        ("tvd", 0.5),
     ],
 )
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -199,7 +200,9 @@ def test_head_divergence_equals_checkpointed_chunks(name, beta, temperature):
     assert results[0][2].abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl"])
+@pytest.mark.parametrize(
+    "name", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
+)
 def test_head_divergence_in_bf16_is_as_close_to_float64_as_checkpointed_chunks(name):
     """bf16 heads and hidden states (DeepSpeed's bf16 on a GPU, where the head Function runs): the
     head-gradient buffer accumulates in bf16 across chunks, as autograd's per-chunk gradients do."""
@@ -227,8 +230,11 @@ def test_head_divergence_in_bf16_is_as_close_to_float64_as_checkpointed_chunks(n
         assert ("HeadDivergence" in value.grad_fn.name()) == head_function
         value.sum().backward()
         assert error(value.detach(), exact.detach()) < 1e-3
-        assert error(hidden.grad, exact_hidden.grad) < 1e-2
-        assert error(student_head.weight.grad, exact_weight.grad) < 1e-2
+        # TVD's gradient steps with sign(Q - P_T), which bf16 rounding flips where the two are close:
+        # 3-5% off float64 here, the checkpointed chunks as much as the head Function
+        tolerance = 1e-1 if name == "tvd" else 1e-2
+        assert error(hidden.grad, exact_hidden.grad) < tolerance
+        assert error(student_head.weight.grad, exact_weight.grad) < tolerance
 
 
 def test_head_divergence_leaves_a_frozen_head_without_gradient():
