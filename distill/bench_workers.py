@@ -1,10 +1,10 @@
 """Benchmark workers: one process per measured model, driven by its parent one command at a time.
 
-    # in the parent
-    workers = [Worker([sys.executable, "-m", "serve.bench", "--worker", spec], name) for ...]
-    ready = [w.read() for w in workers]                # each worker's first line: it has loaded
-    for figures in interleaved(workers, rounds=30, command="round"): ...
-    final = [w.ask("finish") for w in workers]
+    # in the parent: one starter per model, each returning Worker.started(command, name)
+    outcomes = take_turns(starters, rounds=30, sequential=False)
+    for outcome in outcomes:      # (the "finish" reply, each round's reply) or the WorkerFailed
+        ...
+    ratio_text(values, base_values, in_turn=True)        # "1.37x (1.11-1.67)"
 
     # in the worker
     channel = protocol_channel()                        # before anything prints
@@ -33,8 +33,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
+
+TOUCH_BELOW_S = 1.0  # "round touch": a worker repeats rounds shorter than this, untimed, before the timed one
 
 
 class WorkerFailed(RuntimeError):
@@ -50,6 +52,17 @@ class Worker:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
+
+    @classmethod
+    def started(cls, command: list[str], name: str) -> Worker:
+        """A worker that has sent its first reply (it has loaded); closed again if it died first."""
+        worker = cls(command, name)
+        try:
+            worker.read()
+        except WorkerFailed:
+            worker.close()
+            raise
+        return worker
 
     def read(self) -> dict[str, Any]:
         """The worker's next reply."""
@@ -108,6 +121,72 @@ def interleaved(workers: list[Worker], rounds: int, command: str) -> Iterator[tu
                 yield index, worker, error
         if not live:
             return
+
+
+Outcome = tuple[dict[str, Any], list[dict[str, Any] | None]] | WorkerFailed
+
+
+def take_turns(starters: list[Callable[[], Worker]], rounds: int, sequential: bool) -> list[Outcome]:
+    """For each starter, in order, (its "finish" reply, its reply to each round, None for a round it did
+    not take) or the WorkerFailed that ended it; a failure costs that worker only. In turn (the
+    default) the workers start one after the other, then take `rounds` rounds of "round touch" in
+    turn; `sequential`: each worker's rounds of "round", and its finish, before the next starts."""
+    outcomes: list[Outcome | None] = [None] * len(starters)
+    replies: dict[int, list[dict[str, Any] | None]] = {}
+
+    def run(group: list[tuple[int, Worker]], command: str) -> None:
+        index_of = {worker: index for index, worker in group}
+        try:
+            for round_index, worker, reply in interleaved([w for _, w in group], rounds, command):
+                if isinstance(reply, WorkerFailed):
+                    outcomes[index_of[worker]] = reply
+                else:
+                    replies[index_of[worker]][round_index] = reply
+            for index, worker in group:
+                if outcomes[index] is None:
+                    try:
+                        outcomes[index] = (worker.ask("finish"), replies[index])
+                    except WorkerFailed as error:
+                        outcomes[index] = error
+        finally:
+            for _, worker in group:
+                worker.close()
+
+    waiting: list[tuple[int, Worker]] = []
+    try:
+        for index, start in enumerate(starters):
+            try:
+                worker = start()
+            except WorkerFailed as error:
+                outcomes[index] = error
+                continue
+            replies[index] = [None] * rounds
+            if sequential:
+                run([(index, worker)], "round")
+            else:
+                waiting.append((index, worker))
+    except BaseException:
+        for _, worker in waiting:
+            worker.close()
+        raise
+    run(waiting, "round touch")
+    return outcomes
+
+
+def ratio_text(values: list[float | None], base: list[float | None], in_turn: bool) -> str:
+    """One model's figure against the baseline's, from each one's per-round figures: in turn, the median
+    of the per-round ratios with their middle half in brackets; one model after another, where
+    neighbouring rounds are minutes apart, the ratio of the medians."""
+    if not in_turn:
+        taken, base_taken = [v for v in values if v is not None], [b for b in base if b is not None]
+        if not taken or not base_taken:
+            return "n/a"
+        return f"{statistics.median(taken) / statistics.median(base_taken):.2f}x"
+    paired = paired_ratios(values, base)
+    if paired is None:
+        return "n/a"
+    middle, low, high = paired
+    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def paired_ratios(values: list[float | None], base: list[float | None]) -> tuple[float, float, float] | None:

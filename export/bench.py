@@ -29,6 +29,7 @@ the question without its image.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -37,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from distill.bench_workers import (
+    TOUCH_BELOW_S,
     Worker,
     WorkerFailed,
     commands,
-    interleaved,
-    paired_ratios,
     protocol_channel,
+    ratio_text,
     reply,
+    take_turns,
 )
 from distill.process_memory import current_rss_mib, peak_rss_mib
 from distill.staging import write_text_atomic
@@ -57,9 +59,6 @@ def first_held_out_prompt(data: Path) -> tuple[Path, str]:
         if "image" in record:
             return data.parent / record["image"], record["conversations"][0]["value"]
     raise ValueError(f"{data}: no record with an image")
-
-
-TOUCH_BELOW_S = 1.0
 
 
 def timed_generation(generate: Any, new_tokens: int) -> dict[str, float]:
@@ -234,53 +233,30 @@ def worker(kind: str, path: Path, job: dict[str, Any]) -> int:
 
 def start_worker(name: str, kind: str, path: Path, job: dict[str, Any]) -> Worker:
     command = [sys.executable, "-m", "export.bench", "--worker", kind, str(path), json.dumps(job)]
-    started = Worker(command, f"{name} ({path})")
-    try:
-        started.read()  # loaded and warmed up
-    except WorkerFailed:
-        started.close()
-        raise
-    return started
+    return Worker.started(command, f"{name} ({path})")
 
 
 def measure_formats(
     todo: list[tuple[str, str, Path]], job: dict[str, Any], sequential: bool
 ) -> dict[str, dict[str, Any]]:
-    """Every format's row: medians over its rounds, and each round's figures for per-round ratios.
-    In turn (the default) the formats are loaded one after the other, then take their rounds in turn;
-    `sequential`: each format's rounds before the next format loads."""
-    repeats, rows = job["repeats"], {}
-
-    def take_rounds(workers: dict[str, Worker], command: str) -> None:
-        by_worker = {w: name for name, w in workers.items()}
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in workers}
-        for _, taker, result in interleaved(list(workers.values()), repeats, command):
-            if isinstance(result, WorkerFailed):
-                raise result
-            rounds[by_worker[taker]].append(result)
-        for name, taker in workers.items():
-            final = taker.ask("finish")
-            taker.close()
-            firsts = [r["first"] for r in rounds[name]]
-            rates = [r["rate"] for r in rounds[name]]
-            rows[name] = {
-                **final,
-                "first_token_s": statistics.median(firsts),
-                "decode_tokens_per_s": statistics.median(rates),
-                "rounds": {"first_token_s": firsts, "decode_tokens_per_s": rates},
-            }
-
-    started: dict[str, Worker] = {}
-    try:
-        for name, kind, path in todo:
-            started[name] = start_worker(name, kind, path, job)
-            if sequential:
-                take_rounds({name: started.pop(name)}, "round")
-        take_rounds(started, "round touch")
-    finally:
-        for leftover in started.values():
-            leftover.close()
-    return {name: rows[name] for name, _, _ in todo}
+    """Every format's row: medians over its rounds, and each round's figures for per-round ratios
+    (distill/bench_workers.take_turns: in turn, or one after another with `sequential`). A format that
+    fails stops the bench with its error."""
+    starters = [functools.partial(start_worker, name, kind, path, job) for name, kind, path in todo]
+    rows = {}
+    for (name, _, _), outcome in zip(todo, take_turns(starters, job["repeats"], sequential)):
+        if isinstance(outcome, WorkerFailed):
+            raise outcome
+        final, rounds = outcome
+        firsts = [r["first"] for r in rounds]
+        rates = [r["rate"] for r in rounds]
+        rows[name] = {
+            **final,
+            "first_token_s": statistics.median(firsts),
+            "decode_tokens_per_s": statistics.median(rates),
+            "rounds": {"first_token_s": firsts, "decode_tokens_per_s": rates},
+        }
+    return rows
 
 
 def formats(exports: list[Path]) -> list[tuple[str, str, Path]]:
@@ -309,16 +285,10 @@ def has_mmproj(folder: Path) -> bool:
 
 
 def decode_ratio(r: dict[str, Any], base: dict[str, Any], in_turn: bool) -> str:
-    """r's decode speed against PyTorch's: in turn, the median of the per-round ratios with their middle
-    half in brackets; one format after another, the ratio of the medians."""
+    """r's decode speed against PyTorch's (distill/bench_workers.ratio_text)."""
     if r is base:
         return "1.00x"
-    if not in_turn:
-        return f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x"
-    middle, low, high = paired_ratios(
-        r["rounds"]["decode_tokens_per_s"], base["rounds"]["decode_tokens_per_s"]
-    )
-    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
+    return ratio_text(r["rounds"]["decode_tokens_per_s"], base["rounds"]["decode_tokens_per_s"], in_turn)
 
 
 def report(rows: dict[str, dict[str, Any]], args: argparse.Namespace, text_only: bool) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.bench_workers import Worker, WorkerFailed, interleaved, paired_ratios
+from distill.bench_workers import Worker, WorkerFailed, ratio_text, take_turns
 from distill.staging import save_figure, write_text_atomic
 from serve.bench_worker import WARM_UP, streaming_request
 from serve.engines import DTYPES, add_cuda_graphs_argument
@@ -73,66 +74,26 @@ def worker_for(model: Path, backend: str | None, args: argparse.Namespace) -> Wo
         args.warm_up,
         args.cuda_graphs,
     ]
-    worker = Worker(
-        [sys.executable, "-m", "serve.bench_worker", json.dumps(spec)], f"{model} ({backend or 'auto'})"
-    )
-    try:
-        worker.read()  # it has loaded
-    except WorkerFailed:
-        worker.close()
-        raise
-    return worker
+    command = [sys.executable, "-m", "serve.bench_worker", json.dumps(spec)]
+    return Worker.started(command, f"{model} ({backend or 'auto'})")
 
 
 def measure_models(
     args: argparse.Namespace, backends: list[str | None]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every model's row and every failure's message. In turn (the default): the models are loaded
-    one after the other, then take their rounds in turn; --sequential: each model's rounds before the
-    next model loads. A model that fails costs its row, not the others'."""
-    workers, failures = [], []
-    rounds: dict[Worker, list[dict[str, Any] | None]] = {}
-
-    def failed(error: Exception) -> None:
-        failures.append(str(error))
-        print(f"serve bench: {error}", file=sys.stderr, flush=True)
-
-    def finish(worker: Worker) -> dict[str, Any] | None:
-        try:
-            return row(worker.ask("finish"), rounds[worker])
-        except WorkerFailed as error:
-            failed(error)
-            return None
-        finally:
-            worker.close()
-
-    rows = []
-    for model, backend in zip(args.models, backends):
-        try:
-            worker = worker_for(model, backend, args)
-        except WorkerFailed as error:
-            failed(error)
-            continue
-        rounds[worker] = [None] * args.requests
-        if args.sequential:
-            for index, _, reply in interleaved([worker], args.requests, "round"):
-                if isinstance(reply, WorkerFailed):
-                    failed(reply)
-                    break
-                rounds[worker][index] = reply
-            else:
-                rows.append(finish(worker))
-            continue
-        workers.append(worker)
-    live = list(workers)
-    for index, worker, reply in interleaved(workers, args.requests, "round touch"):
-        if isinstance(reply, WorkerFailed):
-            failed(reply)
-            live.remove(worker)
+    """Every model's row and every failure's message (distill/bench_workers.take_turns: in turn, or
+    one after another with --sequential). A model that fails costs its row, not the others'."""
+    starters = [
+        functools.partial(worker_for, model, backend, args) for model, backend in zip(args.models, backends)
+    ]
+    rows, failures = [], []
+    for outcome in take_turns(starters, args.requests, args.sequential):
+        if isinstance(outcome, WorkerFailed):
+            failures.append(str(outcome))
+            print(f"serve bench: {outcome}", file=sys.stderr, flush=True)
         else:
-            rounds[worker][index] = reply
-    rows += [finish(worker) for worker in live]
-    return [r for r in rows if r is not None], failures
+            rows.append(row(*outcome))
+    return rows, failures
 
 
 def row(final: dict[str, Any], rounds: list[dict[str, Any] | None]) -> dict[str, Any]:
@@ -156,17 +117,8 @@ def row(final: dict[str, Any], rounds: list[dict[str, Any] | None]) -> dict[str,
 
 
 def compared(r: dict[str, Any], base: dict[str, Any], key: str, in_turn: bool) -> str:
-    """r's figure against the baseline's: in turn, the median of the per-round ratios with their middle
-    half in brackets; one model after another, the ratio of the medians."""
-    if r is base:
-        return "1.00x"
-    if not in_turn:
-        return f"{r[key] / base[key]:.2f}x"
-    paired = paired_ratios(r["rounds"][key], base["rounds"][key])
-    if paired is None:
-        return "n/a"
-    middle, low, high = paired
-    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
+    """r's figure against the baseline's (distill/bench_workers.ratio_text)."""
+    return "1.00x" if r is base else ratio_text(r["rounds"][key], base["rounds"][key], in_turn)
 
 
 def label(row: dict[str, Any]) -> str:

@@ -29,12 +29,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.bench_workers import commands, protocol_channel, reply
+from distill.bench_workers import TOUCH_BELOW_S, commands, protocol_channel, reply
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 QUESTION = "What color is the circle? Describe the picture."
 WARM_UP = 3  # untimed rounds first: the first calls of a runtime (and of a fresh HTTP connection) are slow
-TOUCH_BELOW_S = 1.0  # "round touch" repeats rounds shorter than this untimed first
 
 
 def streaming_request(image: Any, new_tokens: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from distill.bench_workers import Worker, WorkerFailed, interleaved, paired_ratios
+from distill.bench_workers import Worker, WorkerFailed, interleaved, paired_ratios, ratio_text, take_turns
 
 ECHO = textwrap.dedent(
     """
@@ -27,8 +27,12 @@ ECHO = textwrap.dedent(
 )
 
 
+def command(name, fail_at=-1):
+    return [sys.executable, "-c", ECHO, name, str(fail_at)]
+
+
 def echo(name, fail_at=-1):
-    worker = Worker([sys.executable, "-c", ECHO, name, str(fail_at)], name)
+    worker = Worker(command(name, fail_at), name)
     assert worker.read() == {"ready": name}
     return worker
 
@@ -76,3 +80,33 @@ def test_paired_ratios_take_the_median_and_middle_half_over_rounds_both_took():
     assert paired_ratios([2.0, 4.0, None, 8.0, 3.0], [1.0, 1.0, 1.0, 2.0, 1.0]) == (3.5, 2.75, 4.0)
     assert paired_ratios([5.0], [2.0]) == (2.5, 2.5, 2.5)
     assert paired_ratios([None], [1.0]) is None
+
+
+def test_take_turns_gives_each_worker_its_rounds_and_finish_and_a_failure_costs_its_worker_only():
+    starters = [
+        lambda: Worker.started(command("a"), "a"),
+        lambda: Worker.started(command("b", fail_at=1), "b"),
+        lambda: Worker.started([sys.executable, "-c", "import sys; sys.exit('no model here')"], "c"),
+        lambda: Worker.started(command("d"), "d"),
+    ]
+    in_turn = take_turns(starters, rounds=2, sequential=False)
+    assert isinstance(in_turn[1], WorkerFailed) and "b gave up at command 1" in str(in_turn[1])
+    assert isinstance(in_turn[2], WorkerFailed) and "no model here" in str(in_turn[2])
+    for outcome, name in ((in_turn[0], "a"), (in_turn[3], "d")):
+        final, rounds = outcome
+        assert final["command"] == "finish" and [r["command"] for r in rounds] == ["round touch"] * 2
+        assert {r["name"] for r in rounds} == {name}
+    assert in_turn[0][1][1]["clock"] > in_turn[3][1][0]["clock"]  # d's first round before a's second
+    sequential = take_turns(starters, rounds=2, sequential=True)
+    assert [r["command"] for r in sequential[0][1]] == ["round", "round"]
+    assert sequential[0][0]["clock"] < sequential[3][1][0]["clock"]  # a finished before d started
+    assert isinstance(sequential[1], WorkerFailed) and isinstance(sequential[2], WorkerFailed)
+
+
+def test_ratio_text_pairs_rounds_in_turn_and_takes_medians_one_after_another():
+    values, base = [2.0, 4.0, None, 8.0, 3.0], [1.0, 1.0, 1.0, 2.0, 1.0]
+    assert ratio_text(values, base, in_turn=True) == "3.50x (2.75-4.00)"
+    assert ratio_text(values, base, in_turn=False) == "3.50x"  # median 3.5 / median 1.0
+    assert (
+        ratio_text([None], [1.0], in_turn=True) == "n/a" and ratio_text([None], [1.0], in_turn=False) == "n/a"
+    )
