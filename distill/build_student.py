@@ -25,7 +25,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from distill.modeling import DTYPES, ModelFormatError, generation_config_for, save_llava
+from distill.modeling import DTYPES, ModelFormatError, generation_config_for, save_llava, skip_pooling_head
 from distill.tokenizer import CHATML_TEMPLATE, IMAGE_TOKEN
 from distill.vision_encoders import load_vision_tower, vision_config_of
 
@@ -76,6 +76,7 @@ def assemble(
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
     model = LlavaForConditionalGeneration(config).to(torch_dtype)
+    skip_pooling_head(model.model.vision_tower)
     model.model.vision_tower.load_state_dict(load_vision_tower(vision_path, vision_config, torch_dtype))
     model.model.language_model.load_state_dict(llm.model.state_dict())
     model.lm_head.load_state_dict(llm.lm_head.state_dict())

@@ -100,6 +100,16 @@ def vision_feature_choice(arch: ArchConfig) -> tuple[int, str]:
     return (-2, "default") if arch.vision_model_type == "clip" else (-1, "full")
 
 
+def skip_pooling_head(tower: torch.nn.Module) -> torch.nn.Module:
+    """Stop SigLIP's attention-pooling head from running: LLaVA (and the kit's vision pre-training) reads
+    the tower's hidden states, never the pooled vector, so the head's attention over every patch and its
+    MLP were computed and thrown away on every image (it shows in the tiny models' first token; at
+    SigLIP-so400m's size it is a rounding error). Its weights stay in the module, so checkpoints save and load as before. CLIP has no such head."""
+    if getattr(tower, "use_head", False):
+        tower.use_head = False
+    return tower
+
+
 def build_llava(
     arch: ArchConfig, tokenizer: Any, attn_implementation: str = "sdpa"
 ) -> tuple[Any, LlavaProcessor]:
@@ -146,6 +156,7 @@ def build_llava(
     )
     config._attn_implementation = attn_implementation
     model = LlavaForConditionalGeneration(config)
+    skip_pooling_head(model.model.vision_tower)
     model.generation_config = generation_config_for(tokenizer)
     return model, build_processor(tokenizer, arch.image_size, arch.patch_size, strategy, clip)
 
@@ -201,6 +212,7 @@ def load_llava(
         )
     except (OSError, ValueError, SafetensorError) as error:  # a truncated or corrupt weights file
         raise ModelFormatError(f"{path}: the weights could not be read ({error})") from None
+    skip_pooling_head(model.model.vision_tower)
     if device is not None:
         model.to(device)
     return model, processor

@@ -33,6 +33,7 @@ from distill.modeling import (
     build_image_processor,
     build_vision_config,
     save_atomically,
+    skip_pooling_head,
     vision_feature_choice,
 )
 from distill.run_config import ArchConfig, RunConfig
@@ -52,7 +53,7 @@ class ScenePretraining(nn.Module):
 
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
-        self.tower = AutoModel.from_config(build_vision_config(arch))
+        self.tower = skip_pooling_head(AutoModel.from_config(build_vision_config(arch)))
         self.feature_layer, strategy = vision_feature_choice(arch)
         self.skip_class_token = strategy == "default"
         tokens = (arch.image_size // arch.patch_size) ** 2

@@ -45,6 +45,24 @@ def test_saved_model_loads_and_generates_the_same(tmp_path, tokenizer, shapes, t
     assert loaded.config.text_config.model_type == text_model_type
 
 
+def test_siglip_pooling_head_is_kept_on_disk_but_not_run(tmp_path, tokenizer, shapes):
+    model, processor = make_model(tokenizer)
+    save_llava(model, processor, tmp_path / "m")
+    loaded, loaded_processor = load_llava(tmp_path / "m")
+    tower = loaded.model.vision_tower
+    assert {"head.probe", "head.mlp.fc1.weight"} <= set(tower.state_dict())  # saved and loaded as before
+    runs = []
+    tower.head.register_forward_hook(lambda *args: runs.append(1))
+    image = Image.open(shapes / "images" / "test" / "000000.png").convert("RGB")
+    pixels = loaded_processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        skipped = loaded.model.get_image_features(pixel_values=pixels).pooler_output[0]
+        tower.use_head = True
+        computed = loaded.model.get_image_features(pixel_values=pixels).pooler_output[0]
+    assert runs == [1]  # only the call with the head switched back on ran it
+    assert torch.equal(skipped, computed)  # and LLaVA's image features never depended on it
+
+
 def test_save_is_atomic_and_replaces(tmp_path, tokenizer, monkeypatch):
     model, processor = make_model(tokenizer)
     save_llava(model, processor, tmp_path / "m")
