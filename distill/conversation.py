@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.chat_template import render_chat
 from distill.template_skeleton import SkeletonCache
 
 IGNORE_INDEX = -100
@@ -60,7 +61,7 @@ def generation_prompt(tokenizer: Any, content: str) -> str:
     """A first user turn ("<image>\\n..." included when there is an image) rendered by the chat
     template, ready for the model's reply."""
     messages = to_messages([{"from": "human", "value": content}], require_reply=False)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 class ConversationEncoder:
@@ -78,9 +79,7 @@ class ConversationEncoder:
         self.checked_roles: set[tuple[str, ...]] = set()
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return render_chat(self.tokenizer, messages, add_generation_prompt, self.image_token)
 
     def assistant_spans(self, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of each assistant reply (and its end-of-turn marker) in `text`."""

@@ -173,9 +173,14 @@ def load_processor(path: str | Path) -> Any:
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise ModelFormatError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
     try:
-        return AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelFormatError(f"{path}: the processor could not be read ({error})") from None
+    if processor.tokenizer.chat_template is None and getattr(processor, "chat_template", None):
+        # llava-hf's layout: the template is the processor's alone (chat_template.json); the kit renders
+        # prompts with the tokenizer's, so the tokenizer takes it
+        processor.tokenizer.chat_template = processor.chat_template
+    return processor
 
 
 def check_llava_dir(path: str | Path) -> Any:

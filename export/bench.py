@@ -88,12 +88,12 @@ class _Marker:
         pass
 
 
-def chat_text(tokenizer_dir: Path, question: str) -> str:
-    from transformers import AutoTokenizer
-
+def chat_text(model_dir: Path, question: str) -> str:
+    """The question as the checkpoint's chat template writes it (its processor's, in llava-hf's layout)."""
     from distill.conversation import generation_prompt
+    from distill.modeling import load_processor
 
-    return generation_prompt(AutoTokenizer.from_pretrained(tokenizer_dir), question)
+    return generation_prompt(load_processor(model_dir).tokenizer, question)
 
 
 def prompt_job(args: argparse.Namespace, text_only: bool) -> dict[str, Any]:

@@ -19,6 +19,10 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from PIL import Image
+
+from distill.chat_template import render_chat, shaped, template_kind
+
 
 class ChatText(Protocol):
     image_text: str  # what stands for one image in a message ("<image>")
@@ -43,9 +47,11 @@ class TransformersChatText:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_text = processor.image_token
+        self.render([{"role": "user", "content": "?"}])  # a template the kit cannot drive fails at load
+        self._image_tokens = image_tokens_of(processor)
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, messages, True, self.image_text)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -54,10 +60,17 @@ class TransformersChatText:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def image_tokens(self) -> int:
-        """As the processor expands `<image>`: one per patch, plus CLS unless the default strategy drops it."""
-        size = self.processor.image_processor.size["height"]
-        count = (size // self.processor.patch_size) ** 2 + self.processor.num_additional_image_tokens
-        return count - (1 if self.processor.vision_feature_select_strategy == "default" else 0)
+        return self._image_tokens
+
+
+def image_tokens_of(processor: Any) -> int:
+    """As the processor expands `<image>`: one per patch of the image it makes (a square resize, or a
+    resize and centre crop as CLIP's), plus CLS unless the default strategy drops it."""
+    pixels = processor.image_processor(images=[Image.new("RGB", (64, 48))], return_tensors="np")
+    height, width = pixels["pixel_values"].shape[-2:]
+    count = (height // processor.patch_size) * (width // processor.patch_size)
+    count += processor.num_additional_image_tokens
+    return count - (1 if processor.vision_feature_select_strategy == "default" else 0)
 
 
 def special_token_strings(export_dir: Path) -> dict[str, str]:
@@ -89,15 +102,21 @@ class LlamaCppChatText:
         template = runner.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{export_dir}: the GGUF file carries no chat template (re-export it)")
+        self.template = template
         tokens = special_token_strings(export_dir)
         self.formatter = Jinja2ChatFormatter(
             template, eos_token=tokens.pop("eos_token", ""), bos_token=tokens.pop("bos_token", "")
         )
         self.other_tokens = tokens
+        self.render([{"role": "user", "content": "?"}])  # a template the kit cannot drive fails at load
         # counted once here, before any request: mtmd's tokenizer then never runs beside a decode
         self._image_tokens = runner.image_token_count() if runner.mtmd is not None else None
 
     def render(self, messages: list[dict[str, str]]) -> str:
+        kind = template_kind(self.template, lambda shaped_messages: self._format(shaped_messages))
+        return self._format(shaped(messages, kind, self.image_text))
+
+    def _format(self, messages: list[dict[str, Any]]) -> str:
         return self.formatter(messages=messages, **self.other_tokens).prompt
 
     def encode(self, text: str) -> list[int]:

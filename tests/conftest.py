@@ -95,3 +95,65 @@ def teacher_dir(tmp_path_factory, tokenizer) -> Path:
 def student_dir(tmp_path_factory, tokenizer) -> Path:
     model, processor = make_model(tokenizer, seed=2)
     return save_llava(model, processor, tmp_path_factory.mktemp("models") / "student")
+
+
+# LLaVA-1.5's chat template as llava-hf ships it (the processor's, in chat_template.json): contents are
+# lists of parts, images first, each text part followed by a space
+LLAVA_15_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}"
+    "{% else %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def save_llava_hf_layout(tokenizer, out: Path) -> Path:
+    """A tiny checkpoint laid out as llava-hf/llava-1.5-7b-hf is: a Llama LM and a CLIP tower read at
+    layer -2 (class token dropped), CLIPImageProcessor's resize + centre crop in
+    preprocessor_config.json, the chat template in chat_template.json and not in the tokenizer's config."""
+    import copy
+    import json
+
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    from distill.modeling import CLIP_MEAN, CLIP_STD
+
+    model, _ = make_model(tokenizer, seed=3, vision_model_type="clip", text_model_type="llama")
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    side = TINY["image_size"]
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        do_center_crop=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    processor = LlavaProcessor(
+        image_processor=images,
+        tokenizer=plain,
+        patch_size=TINY["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": LLAVA_15_TEMPLATE}))
+    settings = json.loads((out / "processor_config.json").read_text())
+    image_settings = {**settings.pop("image_processor"), "processor_class": "LlavaProcessor"}
+    (out / "preprocessor_config.json").write_text(
+        json.dumps({**image_settings, "image_processor_type": "CLIPImageProcessor"})
+    )
+    (out / "processor_config.json").write_text(json.dumps(settings))
+    assert json.loads((out / "tokenizer_config.json").read_text()).get("chat_template") is None
+    return out
+
+
+@pytest.fixture(scope="session")
+def llava_hf_dir(tmp_path_factory, tokenizer) -> Path:
+    return save_llava_hf_layout(tokenizer, tmp_path_factory.mktemp("models") / "llava-1.5-layout")

@@ -14,6 +14,7 @@ from distill.modeling import load_processor
 from export.gguf_export import export_gguf
 from serve.chat_text import TransformersChatText
 from serve.engines import open_engine
+from tests.conftest import LLAVA_15_TEMPLATE
 
 pytest.importorskip("llama_cpp")
 
@@ -57,18 +58,34 @@ def bos_template_export(student_dir, tmp_path_factory):
     return model, root / "gguf"
 
 
+@pytest.fixture(scope="module")
+def parts_template_export(student_dir, tmp_path_factory):
+    """LLaVA-1.5's template, which reads contents as lists of parts, on the processor alone (llava-hf's layout)."""
+    root = tmp_path_factory.mktemp("parts")
+    model = shutil.copytree(student_dir, root / "model")
+    processor = load_processor(model)
+    processor.tokenizer.chat_template = None
+    processor.chat_template = LLAVA_15_TEMPLATE
+    processor.save_pretrained(model)
+    export_gguf(model, root / "gguf", ["f32"])
+    return model, root / "gguf"
+
+
 def pair(model_dir, export_dir):
     engine = open_engine(export_dir)
     return TransformersChatText(load_processor(model_dir)), engine.chat
 
 
-@pytest.mark.parametrize("which", ["chatml", "bos-and-system"])
+@pytest.mark.parametrize("which", ["chatml", "bos-and-system", "llava-1.5-parts"])
 def test_the_gguf_text_side_renders_counts_and_decodes_as_transformers(
-    which, student_dir, gguf_export, bos_template_export
+    which, student_dir, gguf_export, bos_template_export, parts_template_export
 ):
-    reference, chat = pair(student_dir, gguf_export) if which == "chatml" else pair(*bos_template_export)
-    if which != "chatml":  # the template really reads the bos token and adds the system turn
+    exports = {"chatml": (student_dir, gguf_export), "bos-and-system": bos_template_export}
+    reference, chat = pair(*exports.get(which, parts_template_export))
+    if which == "bos-and-system":  # the template really reads the bos token and adds the system turn
         assert reference.render(CONVERSATIONS[0]).startswith("<|endoftext|><|im_start|>system\nYou are")
+    if which == "llava-1.5-parts":  # the question is in the prompt, not dropped with its string content
+        assert reference.render(CONVERSATIONS[0]) == "USER: <image>\nWhat color is the circle? ASSISTANT:"
     assert chat.image_text == reference.image_text
     assert chat.image_tokens() == reference.image_tokens()
     for messages in CONVERSATIONS:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distill.conversation import ConversationEncoder, to_messages
+from tests.conftest import LLAVA_15_TEMPLATE
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
@@ -57,7 +58,9 @@ def exact(encoder, conversation):
     return encoder.exact_spans(messages, encoder.render(messages))
 
 
-@pytest.mark.parametrize("template", [None, LLAMA3_TEMPLATE, VICUNA_TEMPLATE, TRIMMING_TEMPLATE])
+@pytest.mark.parametrize(
+    "template", [None, LLAMA3_TEMPLATE, VICUNA_TEMPLATE, TRIMMING_TEMPLATE, LLAVA_15_TEMPLATE]
+)
 def test_skeleton_spans_equal_those_of_rendering_every_prefix(tokenizer, shapes, template):
     tokenizer = copy.deepcopy(tokenizer)
     if template is not None:
@@ -140,7 +143,13 @@ def reference_encoding(encoder, conversation):
 
 
 @pytest.mark.parametrize(
-    ("template", "bos"), [(None, None), (LLAMA3_TEMPLATE, "<|im_start|>"), (VICUNA_TEMPLATE, "<|im_start|>")]
+    ("template", "bos"),
+    [
+        (None, None),
+        (LLAMA3_TEMPLATE, "<|im_start|>"),
+        (VICUNA_TEMPLATE, "<|im_start|>"),
+        (LLAVA_15_TEMPLATE, "<|im_start|>"),  # contents as lists of parts (llava-hf's)
+    ],
 )
 def test_encodings_equal_the_token_by_token_reference(tokenizer, shapes, template, bos):
     tokenizer = copy.deepcopy(tokenizer)

@@ -1,0 +1,124 @@
+"""Chat templates that read contents as strings and as typed parts (distill/chat_template.py), and a
+checkpoint in llava-hf's layout (LLaVA-1.5's template on the processor alone, CLIP's crop) through
+loading, training data, prompts, the serving engine and the API."""
+
+import copy
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from distill.chat_template import ChatTemplateError, render_chat, template_kind, to_parts
+from distill.conversation import IGNORE_INDEX, ConversationEncoder, generation_prompt
+from distill.modeling import load_llava
+from serve.app import Settings, create_app
+from serve.engines import open_engine
+from serve.sampling import Sampler
+from tests.conftest import LLAVA_15_TEMPLATE
+from tests.test_serve import data_url, image_message
+
+QUESTION = "What color is the circle?"
+
+
+def with_template(tokenizer, template):
+    copied = copy.deepcopy(tokenizer)
+    copied.chat_template = template
+    return copied
+
+
+def test_a_string_content_splits_at_each_image_into_parts():
+    assert to_parts("<image>\nWhat color?", "<image>") == [
+        {"type": "image"},
+        {"type": "text", "text": "What color?"},
+    ]
+    assert to_parts("Compare <image> with <image>.", "<image>") == [
+        {"type": "text", "text": "Compare"},
+        {"type": "image"},
+        {"type": "text", "text": "with"},
+        {"type": "image"},
+        {"type": "text", "text": "."},
+    ]
+    assert to_parts("  keeps its own spaces ", "<image>") == [
+        {"type": "text", "text": "  keeps its own spaces "}
+    ]
+
+
+def test_each_template_gets_the_messages_it_reads(tokenizer):
+    messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
+    chatml = render_chat(tokenizer, messages, add_generation_prompt=True)
+    assert chatml == f"<|im_start|>user\n<image>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    llava = render_chat(with_template(tokenizer, LLAVA_15_TEMPLATE), messages, add_generation_prompt=True)
+    assert llava == f"USER: <image>\n{QUESTION} ASSISTANT:"
+    # given the string itself, LLaVA-1.5's template drops the question and the image without an error
+    plain = with_template(tokenizer, LLAVA_15_TEMPLATE)
+    assert (
+        plain.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == "USER: ASSISTANT:"
+    )
+
+
+def test_a_template_that_shows_no_text_either_way_is_refused(tokenizer):
+    silent = with_template(tokenizer, "{% for m in messages %}{{ m['role'] }}: {% endfor %}")
+    with pytest.raises(ChatTemplateError, match="neither from a string content nor"):
+        render_chat(silent, [{"role": "user", "content": QUESTION}], add_generation_prompt=True)
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_chat(with_template(tokenizer, None), [{"role": "user", "content": QUESTION}], True)
+    calls = []
+
+    def render(messages):
+        calls.append(messages)
+        return str(messages)
+
+    template = "a template seen once"
+    assert template_kind(template, render) == template_kind(template, render) == "string"
+    assert len(calls) == 1  # the probe runs once per template
+
+
+def test_llava_hf_layout_loads_with_the_processors_template_and_clips_crop(llava_hf_dir, shapes):
+    model, processor = load_llava(llava_hf_dir)
+    assert processor.tokenizer.chat_template == LLAVA_15_TEMPLATE
+    prompt = generation_prompt(processor.tokenizer, f"<image>\n{QUESTION}")
+    assert prompt == f"USER: <image>\n{QUESTION} ASSISTANT:"
+    wide = Image.new("RGB", (90, 30), "white")  # resized on its short side, then cropped square
+    inputs = processor(images=[wide], text=[prompt], return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (32, 32)
+    visual = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert visual == 4  # 2 x 2 patches, CLIP's class token dropped at layer -2 ("default")
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_llava_15_template_supervises_exactly_the_replies(llava_hf_dir):
+    _, processor = load_llava(llava_hf_dir)
+    tokenizer = processor.tokenizer
+    conversation = [
+        {"from": "human", "value": f"<image>\n{QUESTION}"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Where is it?"},
+        {"from": "gpt", "value": "top left"},
+    ]
+    encoder = ConversationEncoder(tokenizer)
+    ids, labels = encoder.encode(conversation)
+    assert (
+        tokenizer.decode(ids.tolist())
+        == f"USER: <image>\n{QUESTION} ASSISTANT: red USER: Where is it? ASSISTANT: top left "
+    )
+    supervised = [int(i) for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(supervised).split() == ["red", "top", "left"]
+    again, _ = encoder.encode(conversation)  # the second one of these roles takes the template skeleton
+    assert again.tolist() == ids.tolist()
+
+
+def test_the_serving_engine_and_the_api_prompt_a_llava_hf_checkpoint(llava_hf_dir, shapes):
+    engine = open_engine(llava_hf_dir)
+    picture = Image.open(next((shapes / "images" / "test").glob("*.png"))).convert("RGB")
+    prompt = engine.prompt([{"role": "user", "content": f"<image>\n{QUESTION}"}], [picture])
+    assert prompt.text == f"USER: <image>\n{QUESTION} ASSISTANT:"
+    expanded = engine.processor(images=[picture], text=[prompt.text], return_tensors="pt")["input_ids"]
+    assert prompt.tokens == expanded.shape[1]  # the usage count is what the model receives
+    assert len(list(engine.stream(prompt, Sampler(0.0), 3))) >= 1
+    client = TestClient(create_app(engine, Settings()))
+    reply = client.post(
+        "/v1/chat/completions",
+        json={"messages": [image_message(data_url(picture))], "max_tokens": 3, "temperature": 0},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["prompt_tokens"] == expanded.shape[1]
