@@ -5,6 +5,7 @@ it as a list of typed parts.
 
     kind = template_kind(template, render)        # "string" or "parts"; render(messages) -> str
     render(shaped(messages, kind, "<image>"))      # for a renderer of its own (llama.cpp's formatter)
+    bos_first(text, tokenizer.bos_token)           # a prompt starts with the bos token, as in training
 
 The kit writes every message with a string content, `<image>` where an image goes, as LLaVA's data
 does. Its ChatML template and most LLMs' read that as it is. llava-hf's checkpoints carry a template
@@ -14,6 +15,12 @@ prompt without an error. `template_kind` finds out once per template which kind 
 probe message both ways; `shaped` gives each template the messages it reads: a string content split
 at each `<image>` into an image part and text parts (the whitespace that joins a text to an image
 left to the template).
+
+A prompt for generation starts with the tokenizer's bos token where it has one, whether the template
+writes it (Llama-3's) or not (Vicuna's, LLaVA-1.5's): the training data is encoded that way
+(distill/conversation.py). The prompt text carries it, and every runtime tokenizes prompts without
+adding special tokens of its own, so a tokenizer whose post-processor adds a bos never doubles the
+template's, and one whose post-processor does not add it still gets it.
 
 Pure Python (jinja2's error type only), so the GGUF engine, which imports neither PyTorch nor
 transformers, renders through it too.
@@ -75,6 +82,13 @@ def template_kind(template: str, render: Callable[[list[dict[str, Any]]], str]) 
                 "a list of {'type': 'text', 'text': ...} parts; the kit cannot write prompts with it"
             )
     return _kind_of_template[key]
+
+
+def bos_first(text: str, bos_token: str | None) -> str:
+    """The text with the bos token in front, unless there is none or the template already wrote it."""
+    if bos_token and not text.startswith(bos_token):
+        return bos_token + text
+    return text
 
 
 def render_chat(

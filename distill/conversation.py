@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.chat_template import render_chat
+from distill.chat_template import bos_first, render_chat
 from distill.template_skeleton import SkeletonCache
 
 IGNORE_INDEX = -100
@@ -59,9 +59,24 @@ def to_messages(conversations: Any, require_reply: bool = True) -> list[dict[str
 
 def generation_prompt(tokenizer: Any, content: str) -> str:
     """A first user turn ("<image>\\n..." included when there is an image) rendered by the chat
-    template, ready for the model's reply."""
+    template, ready for the model's reply, with the bos token first as training has it; tokenize it
+    with `prompt_inputs` (no special tokens added)."""
     messages = to_messages([{"from": "human", "value": content}], require_reply=False)
-    return render_chat(tokenizer, messages, add_generation_prompt=True)
+    return bos_first(render_chat(tokenizer, messages, add_generation_prompt=True), tokenizer.bos_token)
+
+
+def prompt_inputs(processor: Any, images: list[Any], texts: list[str], return_tensors: str = "pt") -> Any:
+    """The processor's inputs for prompts from `generation_prompt` (images: one per `<image>`, in order;
+    None entries are skipped), left as the text has them: no special token added, so the ids are the
+    ones training encodes for the same turn."""
+    present = [image for image in images if image is not None]
+    return processor(
+        images=present or None,
+        text=texts,
+        return_tensors=return_tensors,
+        padding=True,
+        add_special_tokens=False,
+    )
 
 
 class ConversationEncoder:

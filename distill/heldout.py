@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from distill.conversation import generation_prompt
+from distill.conversation import generation_prompt, prompt_inputs
 from distill.model_names import unique_names
 from distill.modeling import language_model_parameters, load_llava
 from distill.records import read_records
@@ -68,7 +68,7 @@ def generate_answers(
         batch = records[start : start + batch_size]
         texts = [_prompt(processor, r) for r in batch]
         images = [Image.open(image_folder / r["image"]).convert("RGB") for r in batch if "image" in r]
-        inputs = processor(images=images or None, text=texts, return_tensors="pt", padding=True).to(device)
+        inputs = prompt_inputs(processor, images, texts).to(device)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers += [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from distill.conversation import generation_prompt
+from distill.conversation import generation_prompt, prompt_inputs
 from distill.model_names import model_name
 from distill.modeling import load_llava
 from eval.questions import BenchQuestion
@@ -55,7 +55,7 @@ class TorchBackend:
     def answer(self, questions: list[BenchQuestion], max_new_tokens: int) -> list[str]:
         texts = [self.chat_text(q) for q in questions]
         images = [q.image() for q in questions if q.image is not None]
-        inputs = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        inputs = prompt_inputs(self.processor, images, texts)
         inputs = inputs.to(self.device)
         output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from distill.conversation import generation_prompt
+from distill.conversation import generation_prompt, prompt_inputs
 from distill.losses import per_position_divergence
 from distill.model_names import model_name, unique_names
 from distill.modeling import load_llava
@@ -87,18 +87,18 @@ def long_reply_samples(data: Path, tokenizer: Any, min_tokens: int, length: int,
     return samples
 
 
-def prompt_inputs(model: Model, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:
+def first_turn_inputs(model: Model, samples: list[Sample], device: str) -> dict[str, torch.Tensor]:
     """Each sample's first turn in the model's chat template and image size, left-padded."""
     tokenizer = model.processor.tokenizer
     texts = [generation_prompt(tokenizer, s.prompt) for s in samples]
     images = [Image.open(s.image).convert("RGB") for s in samples if s.image is not None]
-    return model.processor(images=images or None, text=texts, return_tensors="pt", padding=True).to(device)
+    return prompt_inputs(model.processor, images, texts).to(device)
 
 
 @torch.inference_mode()
 def sampled_replies(model: Model, samples: list[Sample], length: int, device: str) -> torch.Tensor:
     """`length` tokens per sample, sampled from the model at temperature 1 ([n, length])."""
-    inputs = prompt_inputs(model, samples, device)
+    inputs = first_turn_inputs(model, samples, device)
     output = model.model.generate(
         **inputs,
         do_sample=True,
@@ -115,7 +115,7 @@ def sampled_replies(model: Model, samples: list[Sample], length: int, device: st
 @torch.inference_mode()
 def reply_logits(model: Model, samples: list[Sample], replies: torch.Tensor, device: str) -> torch.Tensor:
     """The model's next-token logits at each reply step: position t predicts reply token t ([n, L, V])."""
-    inputs = prompt_inputs(model, samples, device)
+    inputs = first_turn_inputs(model, samples, device)
     replies = replies.to(device)
     input_ids = torch.cat([inputs["input_ids"], replies], dim=1)
     attention = torch.cat([inputs["attention_mask"], torch.ones_like(replies)], dim=1)

@@ -158,6 +158,7 @@ def load_format(kind: str, path: Path, job: dict[str, Any]) -> tuple[Any, dict[s
     if kind == "pytorch":
         import torch
 
+        from distill.conversation import prompt_inputs
         from distill.modeling import load_llava
 
         torch.set_num_threads(threads)
@@ -168,7 +169,7 @@ def load_format(kind: str, path: Path, job: dict[str, Any]) -> tuple[Any, dict[s
         @torch.inference_mode()
         def generate(tokens: int, mark: Any) -> None:
             # the processor inside the timing, as the exports' runners process their inputs inside theirs
-            inputs = processor(images=[image] if image else None, text=[text], return_tensors="pt")
+            inputs = prompt_inputs(processor, [image], [text])
             streamer = _Marker(mark)
             model.generate(
                 **inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, streamer=streamer

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from distill.conversation import prompt_inputs
 from distill.heldout import FAMILIES, _prompt, generate_answers, score, select
 from distill.modeling import load_llava
 from distill.records import read_records
@@ -73,8 +74,7 @@ def torch_prompt_logits(
     model: Any, processor: Any, images: list, texts: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     processor.tokenizer.padding_side = "left"
-    present = [image for image in images if image is not None]
-    inputs = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
+    inputs = prompt_inputs(processor, images, texts)
     positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     logits = model(**inputs, position_ids=positions).logits
     return logits.numpy(), inputs["attention_mask"].numpy()
@@ -86,8 +86,7 @@ def torch_greedy(
 ) -> list[list[int]]:
     """Exactly `new_tokens` greedy tokens per prompt (min_new_tokens holds end-of-sequence back)."""
     processor.tokenizer.padding_side = "left"
-    present = [image for image in images if image is not None]
-    inputs = processor(images=present or None, text=texts, return_tensors="pt", padding=True)
+    inputs = prompt_inputs(processor, images, texts)
     output = model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     return output[:, inputs["input_ids"].shape[1] :].tolist()
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from transformers import GenerationConfig
 
+from distill import conversation
 from distill.modeling import load_processor
 from export.onnx_graphs import decoder_input_names
 
@@ -82,8 +83,7 @@ class OnnxLlava:
 
     def prompt_inputs(self, images: list[Image.Image | None], texts: list[str]) -> dict[str, np.ndarray]:
         """The processor's arrays for the prompts (token ids with the image tokens expanded, pixels)."""
-        present = [image for image in images if image is not None]
-        return dict(self.processor(images=present or None, text=texts, return_tensors="np", padding=True))
+        return dict(conversation.prompt_inputs(self.processor, images, texts, return_tensors="np"))
 
     def run_prompt(self, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """The vision encoder and one decoder call over processed prompts: (logits and cache, mask)."""

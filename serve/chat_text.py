@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from distill.chat_template import render_chat, shaped, template_kind
+from distill.chat_template import bos_first, render_chat, shaped, template_kind
 
 
 class ChatText(Protocol):
@@ -51,7 +51,9 @@ class TransformersChatText:
         self._image_tokens = image_tokens_of(processor)
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return render_chat(self.tokenizer, messages, True, self.image_text)
+        return bos_first(
+            render_chat(self.tokenizer, messages, True, self.image_text), self.tokenizer.bos_token
+        )
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -104,8 +106,9 @@ class LlamaCppChatText:
             raise ValueError(f"{export_dir}: the GGUF file carries no chat template (re-export it)")
         self.template = template
         tokens = special_token_strings(export_dir)
+        self.bos_text = tokens.pop("bos_token", "")
         self.formatter = Jinja2ChatFormatter(
-            template, eos_token=tokens.pop("eos_token", ""), bos_token=tokens.pop("bos_token", "")
+            template, eos_token=tokens.pop("eos_token", ""), bos_token=self.bos_text
         )
         self.other_tokens = tokens
         self.render([{"role": "user", "content": "?"}])  # a template the kit cannot drive fails at load
@@ -114,7 +117,7 @@ class LlamaCppChatText:
 
     def render(self, messages: list[dict[str, str]]) -> str:
         kind = template_kind(self.template, lambda shaped_messages: self._format(shaped_messages))
-        return self._format(shaped(messages, kind, self.image_text))
+        return bos_first(self._format(shaped(messages, kind, self.image_text)), self.bos_text)
 
     def _format(self, messages: list[dict[str, Any]]) -> str:
         return self.formatter(messages=messages, **self.other_tokens).prompt

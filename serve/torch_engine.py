@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.conversation import prompt_inputs
 from serve.chat_text import TransformersChatText
 from serve.engines import Engine, Prompt
 from serve.graphed_decoding import GraphedDecoder
@@ -74,7 +75,7 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def start(self, prompt: Prompt, new_tokens: int) -> np.ndarray:
         with self.tokenizer_lock:
-            inputs = self.processor(images=prompt.images or None, text=[prompt.text], return_tensors="pt")
+            inputs = prompt_inputs(self.processor, prompt.images, [prompt.text])
         inputs = inputs.to(self.device)
         if self.graphed:
             return self.graphed.prefill(dict(inputs), new_tokens).float().cpu().numpy()

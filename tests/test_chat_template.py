@@ -3,14 +3,24 @@ checkpoint in llava-hf's layout (LLaVA-1.5's template on the processor alone, CL
 loading, training data, prompts, the serving engine and the API."""
 
 import copy
+import shutil
 
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from distill.chat_template import ChatTemplateError, render_chat, template_kind, to_parts
-from distill.conversation import IGNORE_INDEX, ConversationEncoder, generation_prompt
-from distill.modeling import load_llava
+from distill.conversation import (
+    IGNORE_INDEX,
+    ConversationEncoder,
+    encode_instruction_prompt,
+    expand_image_tokens,
+    generation_prompt,
+    prompt_inputs,
+)
+from distill.modeling import load_llava, load_processor
 from serve.app import Settings, create_app
 from serve.engines import open_engine
 from serve.sampling import Sampler
@@ -122,3 +132,62 @@ def test_the_serving_engine_and_the_api_prompt_a_llava_hf_checkpoint(llava_hf_di
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["prompt_tokens"] == expanded.shape[1]
+
+
+BOS = "<|endoftext|>"
+BOS_WRITING_TEMPLATE = (  # Llama-3's way: the template writes the bos token itself
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def bos_checkpoints(student_dir, tmp_path_factory):
+    """The student with a tokenizer whose post-processor adds a bos token (as Llama's do), under a
+    template that writes the bos itself and under one that does not (the kit's ChatML)."""
+    from tokenizers.processors import TemplateProcessing
+
+    root = tmp_path_factory.mktemp("bos")
+    folders = {}
+    for name, template in (("template-writes-bos", BOS_WRITING_TEMPLATE), ("template-without-bos", None)):
+        folder = shutil.copytree(student_dir, root / name)
+        processor = load_processor(folder)
+        tokenizer = processor.tokenizer
+        bos_id = tokenizer.convert_tokens_to_ids(BOS)
+        tokenizer._tokenizer.post_processor = TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+        )
+        tokenizer.bos_token = BOS
+        if template:
+            tokenizer.chat_template = processor.chat_template = template
+        processor.save_pretrained(folder)
+        assert load_processor(folder).tokenizer("a").input_ids[0] == bos_id  # it does add one
+        folders[name] = folder
+    return folders
+
+
+@pytest.mark.parametrize("name", ["template-writes-bos", "template-without-bos"])
+def test_every_runtime_prompts_with_the_one_bos_training_gives(name, bos_checkpoints, shapes, tmp_path):
+    from export.onnx_export import export_onnx
+
+    folder = bos_checkpoints[name]
+    picture = Image.open(next((shapes / "images" / "test").glob("*.png"))).convert("RGB")
+    content = f"<image>\n{QUESTION}"
+    engine = open_engine(folder)
+    tokenizer, config = engine.processor.tokenizer, engine.model.config
+    trained, _ = encode_instruction_prompt(ConversationEncoder(tokenizer), content)
+    assert trained[0] == tokenizer.bos_token_id != trained[1]  # training: one bos, first
+    ids, _ = expand_image_tokens(trained, trained.copy(), config.image_token_id, engine.chat.image_tokens())
+    pixels = engine.processor.image_processor(images=[picture], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        reference = engine.model(input_ids=torch.tensor(ids[None]), pixel_values=pixels).logits[0, -1].numpy()
+    messages = [{"role": "user", "content": content}]
+    engines = [engine]
+    if name == "template-writes-bos":  # and the ONNX export reads the same prompt
+        engines.append(open_engine(export_onnx(folder, tmp_path / "onnx")))
+    for each in engines:
+        prompt = each.prompt(messages, [picture])
+        assert prompt.tokens == len(ids), each.backend
+        np.testing.assert_allclose(each.start(prompt, 1), reference, atol=1e-4, err_msg=each.backend)
+    heldout_inputs = prompt_inputs(engine.processor, [picture], [generation_prompt(tokenizer, content)])
+    assert heldout_inputs["input_ids"][0].tolist() == ids.tolist()  # eval and held-out answers too

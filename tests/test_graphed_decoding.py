@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from distill import conversation
 from serve.graphed_decoding import GraphedDecoder, bucket_length
 from serve.sampling import Sampler
 from serve.torch_engine import TorchEngine
@@ -36,7 +37,7 @@ def picture(shapes):
 
 def prompt_inputs(engine, question, picture):
     prompt = engine.prompt([{"role": "user", "content": f"{engine.image_text}\n{question}"}], [picture])
-    return dict(engine.processor(images=[picture], text=[prompt.text], return_tensors="pt").to(engine.device))
+    return dict(conversation.prompt_inputs(engine.processor, [picture], [prompt.text]).to(engine.device))
 
 
 def dynamic_logits(model, inputs, tokens):
