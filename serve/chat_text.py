@@ -28,7 +28,9 @@ class ChatText(Protocol):
     image_text: str  # what stands for one image in a message ("<image>")
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        """The prompt for messages with string contents, the assistant's reply header appended."""
+        """The prompt for messages with string contents, the assistant's reply header appended and the
+        bos token first where the tokenizer has one (distill/chat_template.py: templates that read
+        contents as lists of parts get them so)."""
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text (special tokens written in it are read as such), images not expanded."""
