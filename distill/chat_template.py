@@ -43,7 +43,10 @@ class ChatTemplateError(ValueError):
 
 
 def to_parts(content: str, image_text: str) -> list[dict[str, str]]:
-    """'<image>\\nWhat color?' -> [{'type': 'image'}, {'type': 'text', 'text': 'What color?'}]."""
+    """'<image>\\nWhat color?' -> [{'type': 'image'}, {'type': 'text', 'text': 'What color?'}]; an empty
+    content is one empty text part (an empty reply still gets the framing its template writes)."""
+    if not content:
+        return [{"type": "text", "text": ""}]
     parts: list[dict[str, str]] = []
     pieces = content.split(image_text)
     for index, piece in enumerate(pieces):

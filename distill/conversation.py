@@ -26,6 +26,7 @@ from distill.chat_template import bos_first, render_chat
 from distill.template_skeleton import SkeletonCache
 
 IGNORE_INDEX = -100
+REPLY_MARK = "\ue001reply\ue001"  # private-use characters, as the skeletons' placeholders
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
@@ -104,13 +105,32 @@ class ConversationEncoder:
                 continue
             start_text = self.render(messages[:i], add_generation_prompt=True)
             end_text = self.render(messages[: i + 1]).rstrip()
-            if not text.startswith(start_text) or not text.startswith(end_text):
+            if not text.startswith(end_text):
                 raise DataError(
                     "the chat template does not render a conversation's prefix as a prefix of the whole; "
                     "assistant turns cannot be located"
                 )
-            spans.append((len(start_text), len(end_text)))
+            start = len(start_text) if text.startswith(start_text) else self.reply_start(messages, i, text)
+            spans.append((start, len(end_text)))
         return spans
+
+    def reply_start(self, messages: list[dict[str, str]], i: int, text: str) -> int:
+        """Where reply i begins in `text`, for a template whose generation prompt is not the header it
+        writes before a reply (llava-hf's Qwen templates: `assistant\\n` to generate, `assistant \\n`
+        before a reply): the conversation up to it rendered with a marker for the reply, which must
+        lie before the reply in `text` exactly as rendered."""
+        marked = self.render([*messages[:i], {**messages[i], "content": REPLY_MARK}])
+        start = marked.find(REPLY_MARK)
+        if (
+            start < 0
+            or not text.startswith(marked[:start])
+            or not text.startswith(messages[i]["content"], start)
+        ):
+            raise DataError(
+                "the chat template writes a reply neither after its own generation prompt nor verbatim; "
+                "assistant turns cannot be located"
+            )
+        return start
 
     def instruction_spans(
         self, messages: list[dict[str, str]], text: str, turn_start: Callable[[int], int] | None = None

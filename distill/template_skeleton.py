@@ -72,7 +72,8 @@ def build_skeleton(
 ) -> Skeleton | None:
     """The skeleton of a sequence of roles, or None where the template does not lay contents in
     verbatim, or renders a prefix as something other than a prefix of the whole, or ends a prefix
-    inside a content."""
+    inside a content. Where the generation prompt before a reply is not what the whole render has
+    there, the reply's start is its content's."""
     messages = [{"role": role, "content": placeholder(i)} for i, role in enumerate(roles)]
     text = render(messages, False)
     starts = [text.find(placeholder(i)) for i in range(len(roles))]
@@ -87,6 +88,9 @@ def build_skeleton(
                 lengths.append(-1)
                 continue
             prefix = render(messages[:i], prompt) if i else ""
+            if prompt and not text.startswith(prefix):  # a generation prompt that is not the header
+                lengths.append(starts[i])  # before a reply: the reply starts at its content
+                continue  # (ConversationEncoder.reply_start, the same for the exact spans)
             inside = any(a < len(prefix) < b for a, b in zip(starts, ends))
             if not text.startswith(prefix) or inside:
                 return None

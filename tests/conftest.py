@@ -111,6 +111,19 @@ LLAVA_15_TEMPLATE = (
 )
 
 
+# the template of llava-hf's Qwen2-based LLaVAs (llava-interleave-qwen-*-hf): parts contents, and a
+# generation prompt (`assistant\n`) that is not the header it writes before a reply (`assistant \n`)
+LLAVA_QWEN_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ '\\n' + part['text'] }}{% endgeneration %}"
+    "{% else %}{{ '\\n' + part['text'] }}{% endif %}{% endfor %}{{ '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def save_llava_hf_layout(tokenizer, out: Path) -> Path:
     """A tiny checkpoint laid out as llava-hf/llava-1.5-7b-hf is: a Llama LM and a CLIP tower read at
     layer -2 (class token dropped), CLIPImageProcessor's resize + centre crop in

@@ -24,10 +24,16 @@ from distill.modeling import load_llava, load_processor
 from serve.app import Settings, create_app
 from serve.engines import open_engine
 from serve.sampling import Sampler
-from tests.conftest import LLAVA_15_TEMPLATE
+from tests.conftest import LLAVA_15_TEMPLATE, LLAVA_QWEN_TEMPLATE
 from tests.test_serve import data_url, image_message
 
 QUESTION = "What color is the circle?"
+TWO_TURNS = [
+    {"from": "human", "value": f"<image>\n{QUESTION}"},
+    {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "Where is it?"},
+    {"from": "gpt", "value": "top left"},
+]
 
 
 def with_template(tokenizer, template):
@@ -51,6 +57,8 @@ def test_a_string_content_splits_at_each_image_into_parts():
     assert to_parts("  keeps its own spaces ", "<image>") == [
         {"type": "text", "text": "  keeps its own spaces "}
     ]
+    assert to_parts("", "<image>") == [{"type": "text", "text": ""}]
+    assert to_parts("<image>", "<image>") == [{"type": "image"}]
 
 
 def test_each_template_gets_the_messages_it_reads(tokenizer):
@@ -99,22 +107,32 @@ def test_llava_hf_layout_loads_with_the_processors_template_and_clips_crop(llava
 def test_llava_15_template_supervises_exactly_the_replies(llava_hf_dir):
     _, processor = load_llava(llava_hf_dir)
     tokenizer = processor.tokenizer
-    conversation = [
-        {"from": "human", "value": f"<image>\n{QUESTION}"},
-        {"from": "gpt", "value": "red"},
-        {"from": "human", "value": "Where is it?"},
-        {"from": "gpt", "value": "top left"},
-    ]
     encoder = ConversationEncoder(tokenizer)
-    ids, labels = encoder.encode(conversation)
+    ids, labels = encoder.encode(TWO_TURNS)
     assert (
         tokenizer.decode(ids.tolist())
         == f"USER: <image>\n{QUESTION} ASSISTANT: red USER: Where is it? ASSISTANT: top left "
     )
     supervised = [int(i) for i, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert tokenizer.decode(supervised).split() == ["red", "top", "left"]
-    again, _ = encoder.encode(conversation)  # the second one of these roles takes the template skeleton
+    again, _ = encoder.encode(TWO_TURNS)  # the second one of these roles takes the template skeleton
     assert again.tolist() == ids.tolist()
+
+
+def test_a_generation_prompt_unlike_the_header_before_a_reply_still_supervises_the_replies(tokenizer):
+    tokenizer = with_template(tokenizer, LLAVA_QWEN_TEMPLATE)
+    encoder = ConversationEncoder(tokenizer)
+    for _ in range(2):  # the exact spans, then the template skeleton's
+        ids, labels = encoder.encode(TWO_TURNS)
+        assert tokenizer.decode(ids.tolist()) == (
+            f"<|im_start|>user <image>\n{QUESTION}<|im_end|><|im_start|>assistant \nred<|im_end|>"
+            "<|im_start|>user \nWhere is it?<|im_end|><|im_start|>assistant \ntop left<|im_end|>"
+        )
+        supervised = [int(i) for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+        assert tokenizer.decode(supervised) == "red<|im_end|>top left<|im_end|>"
+    assert encoder.skeletons.skeletons[("user", "assistant", "user", "assistant")] is not None
+    prompt = generation_prompt(tokenizer, f"<image>\n{QUESTION}")
+    assert prompt == f"<|im_start|>user <image>\n{QUESTION}<|im_end|><|im_start|>assistant\n"
 
 
 def test_the_serving_engine_and_the_api_prompt_a_llava_hf_checkpoint(llava_hf_dir, shapes):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distill.conversation import ConversationEncoder, to_messages
-from tests.conftest import LLAVA_15_TEMPLATE
+from tests.conftest import LLAVA_15_TEMPLATE, LLAVA_QWEN_TEMPLATE
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
@@ -59,7 +59,8 @@ def exact(encoder, conversation):
 
 
 @pytest.mark.parametrize(
-    "template", [None, LLAMA3_TEMPLATE, VICUNA_TEMPLATE, TRIMMING_TEMPLATE, LLAVA_15_TEMPLATE]
+    "template",
+    [None, LLAMA3_TEMPLATE, VICUNA_TEMPLATE, TRIMMING_TEMPLATE, LLAVA_15_TEMPLATE, LLAVA_QWEN_TEMPLATE],
 )
 def test_skeleton_spans_equal_those_of_rendering_every_prefix(tokenizer, shapes, template):
     tokenizer = copy.deepcopy(tokenizer)
@@ -149,6 +150,7 @@ def reference_encoding(encoder, conversation):
         (LLAMA3_TEMPLATE, "<|im_start|>"),
         (VICUNA_TEMPLATE, "<|im_start|>"),
         (LLAVA_15_TEMPLATE, "<|im_start|>"),  # contents as lists of parts (llava-hf's)
+        (LLAVA_QWEN_TEMPLATE, None),  # and a generation prompt unlike the header before a reply
     ],
 )
 def test_encodings_equal_the_token_by_token_reference(tokenizer, shapes, template, bos):
