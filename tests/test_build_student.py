@@ -115,23 +115,15 @@ def test_assembled_student_keeps_both_halves(tmp_path, tokenizer, vision_kind):
     assert output.shape[1] > inputs["input_ids"].shape[1]
 
 
-def test_the_image_token_is_added_when_the_llm_lacks_it(tmp_path):
+WORDS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "user", "assistant", "what", "is", "it", "?", "\n"]
+
+
+def save_word_level_llm(tmp_path):
+    """A Qwen2 LLM whose tokenizer has no <image> token, no chat template and its own numbering."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "user",
-        "assistant",
-        "what",
-        "is",
-        "it",
-        "?",
-        "\n",
-    ]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<|endoftext|>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     plain = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
@@ -140,7 +132,7 @@ def test_the_image_token_is_added_when_the_llm_lacks_it(tmp_path):
     torch.manual_seed(1)
     Qwen2ForCausalLM(
         Qwen2Config(
-            vocab_size=len(words),
+            vocab_size=len(WORDS),
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=1,
@@ -149,11 +141,16 @@ def test_the_image_token_is_added_when_the_llm_lacks_it(tmp_path):
         )
     ).save_pretrained(llm_path)
     plain.save_pretrained(llm_path)
+    return llm_path
+
+
+def test_the_image_token_is_added_when_the_llm_lacks_it(tmp_path):
+    llm_path = save_word_level_llm(tmp_path)
     vision_path, _ = save_vision(tmp_path, "siglip")
     student, processor = build_student(vision_path, llm_path, tmp_path / "s")
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-    assert image_id == student.config.image_token_id == len(words)
-    assert student.config.text_config.vocab_size >= len(words) + 1  # embeddings grew for the new token
+    assert image_id == student.config.image_token_id == len(WORDS)
+    assert student.config.text_config.vocab_size >= len(WORDS) + 1  # embeddings grew for the new token
     assert processor.tokenizer.chat_template is not None  # ChatML when the LLM had none
 
 
@@ -167,3 +164,41 @@ def test_unsupported_parts_are_refused(tmp_path, tokenizer, capsys):
     )
     assert "is not SigLIP or CLIP" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_student_takes_a_llava_hf_teachers_tokenizer_and_template(tmp_path, tokenizer, llava_hf_dir):
+    from distill.modeling import load_processor
+    from distill.pairing import check_pair
+    from tests.conftest import LLAVA_15_TEMPLATE
+
+    vision_path, _ = save_vision(tmp_path, "siglip")
+    llm_path, _ = save_llm(tmp_path, tokenizer)
+    student, processor = build_student(
+        vision_path, llm_path, tmp_path / "s", "--tokenizer-from", str(llava_hf_dir)
+    )
+    assert processor.tokenizer.chat_template == LLAVA_15_TEMPLATE  # the processor's, in llava-hf's layout
+    teacher = load_processor(llava_hf_dir)
+    teacher_config = load_llava(llava_hf_dir)[0].config
+    report = check_pair(student.config, processor, teacher_config, teacher)
+    assert report.vocab_size == len(teacher.tokenizer)
+    assert student.config.image_token_id == teacher_config.image_token_id
+
+
+def test_a_teacher_tokenizer_that_numbers_the_llms_tokens_otherwise_is_refused(
+    tmp_path, llava_hf_dir, capsys
+):
+    vision_path, _ = save_vision(tmp_path, "siglip")
+    llm_path = save_word_level_llm(tmp_path)
+    command = [
+        "build-student",
+        "--vision",
+        str(vision_path),
+        "--llm",
+        str(llm_path),
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    assert main([*command, "--tokenizer-from", str(llava_hf_dir)]) == 2
+    error = capsys.readouterr().err
+    assert "numbers" in error and "the LLM's embeddings would be read for the wrong tokens" in error
+    assert not (tmp_path / "s").exists()
