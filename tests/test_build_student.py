@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from transformers import (
     AutoTokenizer,
@@ -166,7 +167,9 @@ def test_unsupported_parts_are_refused(tmp_path, tokenizer, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_the_student_takes_a_llava_hf_teachers_tokenizer_and_template(tmp_path, tokenizer, llava_hf_dir):
+def test_the_student_takes_a_llava_hf_teachers_tokenizer_and_template(
+    tmp_path, tokenizer, shapes, llava_hf_dir
+):
     from distill.modeling import load_processor
     from distill.pairing import check_pair
     from tests.conftest import LLAVA_15_TEMPLATE
@@ -182,6 +185,17 @@ def test_the_student_takes_a_llava_hf_teachers_tokenizer_and_template(tmp_path, 
     report = check_pair(student.config, processor, teacher_config, teacher)
     assert report.vocab_size == len(teacher.tokenizer)
     assert student.config.image_token_id == teacher_config.image_token_id
+    run = {  # and KD from it trains (the teacher sees its own CLIP crop of each image)
+        "name": "from-llava-hf",
+        "model": {"path": str(tmp_path / "s")},
+        "teacher": {"path": str(llava_hf_dir)},
+        "data": {"train_json": str(shapes / "train.json"), "max_length": 256},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "report_to": "none"},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert main(["check", str(tmp_path / "run.yaml")]) == 0
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 
 def test_a_teacher_tokenizer_that_numbers_the_llms_tokens_otherwise_is_refused(
