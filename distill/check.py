@@ -24,7 +24,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from distill.configuration import load_config
-from distill.conversation import IGNORE_INDEX, DataError
+from distill.conversation import IGNORE_INDEX, DataError, reply_stop_warning
 from distill.data import LlavaDataset, ModelView
 from distill.modeling import build_llava, check_llava_dir, image_token_count, load_llava, load_processor
 from distill.pairing import check_pair
@@ -84,6 +84,7 @@ def check(
         f"student: {type(processor.tokenizer).__name__}, {len(processor.tokenizer)} tokens, "
         f"{image_token_count(config)} visual tokens"
     ]
+    lines += [warning] if (warning := reply_stop_warning(processor.tokenizer)) else []
     views = {"student": ModelView.from_processor(processor, image_token_count(config), max_length)}
     if teacher is not None:
         lines += check_pair(config, processor, teacher[0], teacher[1]).lines()

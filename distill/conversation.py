@@ -202,6 +202,25 @@ class ConversationEncoder:
         return ids, labels, instruction
 
 
+def reply_stop_warning(tokenizer: Any) -> str | None:
+    """A warning where the chat template ends a reply without the end-of-sequence token, else None:
+    the supervised tokens are the reply and what the template writes after it, so a student trained
+    under such a template (llava-hf's LLaVA-1.5: `ASSISTANT: red ` and the next turn) never learns to
+    stop and answers until max_new_tokens."""
+    if tokenizer.eos_token_id is None:
+        return None
+    encoder = ConversationEncoder(tokenizer)
+    ids, labels = encoder.encode([{"from": "human", "value": "?"}, {"from": "gpt", "value": "a"}])
+    supervised = ids[labels != IGNORE_INDEX]
+    if tokenizer.eos_token_id in supervised.tolist():
+        return None
+    return (
+        f"warning: the chat template ends a reply without the end-of-sequence token {tokenizer.eos_token!r} "
+        f"(a reply 'a' is supervised as {tokenizer.decode(supervised.tolist())!r}): a student trained on it "
+        "does not learn to stop; use a template that writes it after each reply, on both models"
+    )
+
+
 def within(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """Bool mask of the offsets that fall inside any of the [start, end) spans."""
     inside = np.zeros(len(offsets), dtype=bool)

@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration, TrainingA
 from transformers.trainer_utils import get_last_checkpoint
 
 from distill.configuration import ConfigError, load_config, read_yaml, save_config, to_dict
+from distill.conversation import reply_stop_warning
 from distill.data import LlavaDataset, ModelView, PaddingCollator
 from distill.float32_attention import use_float32_attention
 from distill.fused_losses import require_fused_kernel
@@ -253,6 +254,8 @@ def setup(cfg: RunConfig) -> Setup:
     if torch.cuda.is_available() and not cfg.train.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)  # flash / memory-efficient kernels instead
     model, processor = build_model(cfg.model)
+    if warning := reply_stop_warning(processor.tokenizer):
+        print(warning)
     loaded = load_teacher(cfg, model, processor)
     teacher, teacher_processor, pair = loaded if loaded else (None, None, None)
     counts = set_trainable(model, cfg.train.train_modules)

@@ -19,6 +19,7 @@ from distill.conversation import (
     expand_image_tokens,
     generation_prompt,
     prompt_inputs,
+    reply_stop_warning,
 )
 from distill.modeling import load_llava, load_processor
 from serve.app import Settings, create_app
@@ -209,3 +210,14 @@ def test_every_runtime_prompts_with_the_one_bos_training_gives(name, bos_checkpo
         np.testing.assert_allclose(each.start(prompt, 1), reference, atol=1e-4, err_msg=each.backend)
     heldout_inputs = prompt_inputs(engine.processor, [picture], [generation_prompt(tokenizer, content)])
     assert heldout_inputs["input_ids"][0].tolist() == ids.tolist()  # eval and held-out answers too
+
+
+def test_a_template_that_ends_replies_without_the_eos_is_warned_of(tokenizer, llava_hf_dir, capsys):
+    from distill.__main__ import main
+
+    assert reply_stop_warning(tokenizer) is None  # ChatML: 'a<|im_end|>' is supervised
+    assert reply_stop_warning(with_template(tokenizer, LLAVA_QWEN_TEMPLATE)) is None
+    warning = reply_stop_warning(with_template(tokenizer, LLAVA_15_TEMPLATE))
+    assert "without the end-of-sequence token '<|im_end|>'" in warning and "does not learn to stop" in warning
+    assert main(["check", "--student", str(llava_hf_dir)]) == 0  # a warning, not a refusal
+    assert "does not learn to stop" in capsys.readouterr().out
