@@ -26,9 +26,14 @@ from export.onnx_graphs import decoder_input_names
 
 
 class OnnxLlava:
-    """The three graphs of an export, their processor and generation config."""
+    """The three graphs of an export, their processor and generation config.
 
-    def __init__(self, export_dir: str | Path, threads: int = 0) -> None:
+    ONNX Runtime's worker threads sleep when they run out of work, unless `spinning`: an export is
+    three sessions (vision encoder, embeddings, decoder), each with a thread pool of its own, called
+    in turn from a Python loop, and a pool that spins after its call holds cores the next call, or the
+    loop itself, needs. Spinning pays only where cores are left idle otherwise."""
+
+    def __init__(self, export_dir: str | Path, threads: int = 0, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         self.path = Path(export_dir)
@@ -41,6 +46,7 @@ class OnnxLlava:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.sessions = {
             part: ort.InferenceSession(str(self.path / name), options, providers=["CPUExecutionProvider"])
             for part, name in self.manifest["files"].items()

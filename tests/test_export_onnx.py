@@ -152,6 +152,15 @@ def test_check_prints_the_comparison_table(shapes, student_dir, teacher_dir, tmp
     with pytest.raises(ValueError, match="the model's context is 512"):
         runner.generate([None], [too_long], 2)
 
+    def spinning(each):
+        return {
+            s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            for s in each.sessions.values()
+        }
+
+    assert spinning(runner) == {"0"}  # worker threads sleep between calls, in every session
+    assert spinning(OnnxLlava(tmp_path / "onnx", spinning=True)) == {"1"}
+
 
 def test_the_source_hash_covers_what_the_export_embeds_and_nothing_else(student_dir, tmp_path):
     copy = tmp_path / "copy"
