@@ -26,7 +26,7 @@ from distill.chat_template import bos_first, render_chat
 from distill.template_skeleton import SkeletonCache
 
 IGNORE_INDEX = -100
-REPLY_MARK = "\ue001reply\ue001"  # private-use characters, as the skeletons' placeholders
+REPLY_MARK = "\ue002reply\ue002"  # private-use characters (the skeletons' placeholders use others)
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 

@@ -104,7 +104,8 @@ def skip_pooling_head(tower: torch.nn.Module) -> torch.nn.Module:
     """Stop SigLIP's attention-pooling head from running: LLaVA (and the kit's vision pre-training) reads
     the tower's hidden states, never the pooled vector, so the head's attention over every patch and its
     MLP were computed and thrown away on every image (it shows in the tiny models' first token; at
-    SigLIP-so400m's size it is a rounding error). Its weights stay in the module, so checkpoints save and load as before. CLIP has no such head."""
+    SigLIP-so400m's size it is a rounding error). Its weights stay in the module, so checkpoints save
+    and load as before. CLIP has no such head."""
     if getattr(tower, "use_head", False):
         tower.use_head = False
     return tower
