@@ -94,6 +94,11 @@ def bos_first(text: str, bos_token: str | None) -> str:
     return text
 
 
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], image_text: str = "<image>") -> str:
+    """The prompt for generation: the messages, the reply header, the bos token first as training has it."""
+    return bos_first(render_chat(tokenizer, messages, True, image_text), tokenizer.bos_token)
+
+
 def render_chat(
     tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool, image_text: str = "<image>"
 ) -> str:

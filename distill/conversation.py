@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.chat_template import bos_first, render_chat
+from distill.chat_template import render_chat, render_prompt
 from distill.template_skeleton import SkeletonCache
 
 IGNORE_INDEX = -100
@@ -63,7 +63,7 @@ def generation_prompt(tokenizer: Any, content: str) -> str:
     template, ready for the model's reply, with the bos token first as training has it; tokenize it
     with `prompt_inputs` (no special tokens added)."""
     messages = to_messages([{"from": "human", "value": content}], require_reply=False)
-    return bos_first(render_chat(tokenizer, messages, add_generation_prompt=True), tokenizer.bos_token)
+    return render_prompt(tokenizer, messages)
 
 
 def prompt_inputs(processor: Any, images: list[Any], texts: list[str], return_tensors: str = "pt") -> Any:
@@ -202,8 +202,19 @@ class ConversationEncoder:
         return ids, labels, instruction
 
 
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The tokens generation stops at: the end-of-sequence token, and ChatML's end-of-turn and
+    end-of-text tokens where the vocabulary has them (the kit's generation configs)."""
+    stops = [tokenizer.eos_token_id]
+    for token in ("<|endoftext|>", "<|im_end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in stops:
+            stops.append(token_id)
+    return stops
+
+
 def reply_stop_warning(tokenizer: Any) -> str | None:
-    """A warning where the chat template ends a reply without the end-of-sequence token, else None:
+    """A warning where the chat template ends a reply without a token generation stops at, else None:
     the supervised tokens are the reply and what the template writes after it, so a student trained
     under such a template (llava-hf's LLaVA-1.5: `ASSISTANT: red ` and the next turn) never learns to
     stop and answers until max_new_tokens."""
@@ -212,7 +223,7 @@ def reply_stop_warning(tokenizer: Any) -> str | None:
     encoder = ConversationEncoder(tokenizer)
     ids, labels = encoder.encode([{"from": "human", "value": "?"}, {"from": "gpt", "value": "a"}])
     supervised = ids[labels != IGNORE_INDEX]
-    if tokenizer.eos_token_id in supervised.tolist():
+    if set(stop_token_ids(tokenizer)) & set(supervised.tolist()):
         return None
     return (
         f"warning: the chat template ends a reply without the end-of-sequence token {tokenizer.eos_token!r} "

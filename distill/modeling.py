@@ -34,6 +34,7 @@ from transformers import (
 )
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from distill.conversation import stop_token_ids
 from distill.run_config import ArchConfig
 
 TEXT_CONFIGS = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}
@@ -73,11 +74,7 @@ def build_processor(
 
 def generation_config_for(tokenizer: Any) -> GenerationConfig:
     """Greedy by default; stops at the end-of-turn token (and end-of-text where it exists)."""
-    stops = [tokenizer.eos_token_id]
-    for token in ("<|endoftext|>", "<|im_end|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in stops:
-            stops.append(token_id)
+    stops = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     return GenerationConfig(eos_token_id=stops, pad_token_id=pad, do_sample=False, max_new_tokens=128)
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from distill.chat_template import bos_first, render_chat, shaped, template_kind
+from distill.chat_template import bos_first, render_prompt, shaped, template_kind
 
 
 class ChatText(Protocol):
@@ -53,9 +53,7 @@ class TransformersChatText:
         self._image_tokens = image_tokens_of(processor)
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return bos_first(
-            render_chat(self.tokenizer, messages, True, self.image_text), self.tokenizer.bos_token
-        )
+        return render_prompt(self.tokenizer, messages, self.image_text)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids

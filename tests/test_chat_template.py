@@ -217,6 +217,9 @@ def test_a_template_that_ends_replies_without_the_eos_is_warned_of(tokenizer, ll
 
     assert reply_stop_warning(tokenizer) is None  # ChatML: 'a<|im_end|>' is supervised
     assert reply_stop_warning(with_template(tokenizer, LLAVA_QWEN_TEMPLATE)) is None
+    base = copy.deepcopy(tokenizer)  # Qwen2's base tokenizers: eos <|endoftext|>, replies end in <|im_end|>
+    base.eos_token = "<|endoftext|>"
+    assert reply_stop_warning(base) is None  # generation stops at <|im_end|> too
     warning = reply_stop_warning(with_template(tokenizer, LLAVA_15_TEMPLATE))
     assert "without the end-of-sequence token '<|im_end|>'" in warning and "does not learn to stop" in warning
     assert main(["check", "--student", str(llava_hf_dir)]) == 0  # a warning, not a refusal
