@@ -23,6 +23,9 @@ reported: the median per batch and the median of the per-batch ratios to KD. Wit
 step and data loading, and no memory figures, but far less spread than processes started apart.
 
     python -m distill bench --part paired --methods kd,iva,tpa-kv,align-ti
+    python -m distill bench --part paired --methods kd,tpa-kv,tpa-ribbon,align-ti --steps 4 \
+        --teacher runs/random/qwen2-1.5b-tiny-vision --student runs/random/qwen2-0.5b-tiny-vision \
+        --set train.batch_size=2 --set teacher.dtype=bfloat16      # real LLM shapes (`distill random-student`)
 
 Part "loss": the KD loss (forward KL; --divergence reverse_kl, jsd, a skew KL or tvd for EM-KD's, GKD's,
 DistiLLM's or TVD's) alone, forward and backward, on random hidden states of --positions positions and LM heads of --vocab rows
@@ -59,7 +62,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.bench_methods import METHODS
-from distill.bench_paired import bench_paired, report_paired
+from distill.bench_paired import bench_paired, describe_pair, report_paired
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
 from distill.closed_form import CLOSED_FORMS
@@ -147,7 +150,7 @@ def trainer_overrides(spec: dict[str, Any]) -> list[str]:
     else:  # a fresh one sharing the teacher's vision tower
         overrides += [f"model.vision_init={spec['teacher']}", f"model.tokenizer={spec['tokenizer']}"]
     teacher = ["teacher.path=null"] if spec["mode"] == "sft" else [f"teacher.path={spec['teacher']}"]
-    return overrides + teacher + METHODS[spec["mode"]]
+    return overrides + teacher + METHODS[spec["mode"]] + spec.get("overrides", [])
 
 
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -298,13 +301,15 @@ def pair_spec(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "teacher": teacher,
         "tokenizer": tokenizer,
         "student": args.student,
+        "overrides": list(args.set),
     }
 
 
-def pair_weights(args: argparse.Namespace) -> dict[str, str]:
+def pair_weights(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "teacher": args.teacher or "random weights, shapes of configs/tiny-teacher.yaml",
         "student": args.student or "fresh, shapes of configs/tiny-student-kd.yaml",
+        "overrides": list(args.set),
     }
 
 
@@ -424,7 +429,7 @@ def report(results: dict[str, Any]) -> str:
             f"Training step, tiny student (batch of the tiny-student-kd config), median over steps; {r['repeats']} "
             "round(s), a process per method taking its steps in turn with the others; a ratio is the median of the "
             "rounds' ratios (their range in brackets);",
-            f"teacher: {r['weights']['teacher']}; student: {r['weights']['student']}.",
+            describe_pair(r["weights"]),
         ]
         modes = [mode for mode in METHODS if mode in r]
         tpa = any(r[mode].get("tpa_candidates", {}).get("all") for mode in modes)
@@ -491,6 +496,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "their steps in turn (distill/lockstep.py), so the machine's drift falls on every method alike",
     )
     parser.add_argument("--data", default="data/shapes/train.json", help="training data for the step timing")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted override of configs/tiny-student-kd.yaml for the steps and paired parts, applied after "
+        "each method's own (repeatable), e.g. train.batch_size=2 data.max_length=256 teacher.dtype=bfloat16 "
+        "for checkpoints of real shapes (`distill random-student`)",
+    )
     parser.add_argument(
         "--teacher",
         default=None,

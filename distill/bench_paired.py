@@ -63,8 +63,9 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
     from distill.train import setup
 
     base = trainer_overrides({**spec, "mode": "kd", "output_dir": spec["output_dir"]})
-    s = setup(load_config(RunConfig, spec["config"], base + union_overrides(methods)))
-    loss_configs = {m: load_config(RunConfig, spec["config"], base + METHODS[m]).loss for m in methods}
+    user = spec.get("overrides", [])  # --set: after every method's own, as in the steps part
+    s = setup(load_config(RunConfig, spec["config"], base + union_overrides(methods) + user))
+    loss_configs = {m: load_config(RunConfig, spec["config"], base + METHODS[m] + user).loss for m in methods}
     trainer, model = s.trainer, s.trainer.model
     model.train()
     loader = iter(trainer.get_train_dataloader())
@@ -95,13 +96,19 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
     return results
 
 
-def report_paired(results: dict[str, Any], weights: dict[str, str]) -> list[str]:
+def describe_pair(weights: dict[str, Any]) -> str:
+    """The report's line naming the timed pair and the user's overrides (--set)."""
+    overrides = f"; with {' '.join(weights['overrides'])}" if weights.get("overrides") else ""
+    return f"teacher: {weights['teacher']}; student: {weights['student']}{overrides}."
+
+
+def report_paired(results: dict[str, Any], weights: dict[str, Any]) -> list[str]:
     lines = [
         f"Forward + backward of each objective on the same {results['batches']} batches (tiny-student-kd "
         "config), the methods back to back in one process; median per batch, and the median over batches of "
         "the ratio to KD on the same batch (the middle half of the ratios in brackets); optimizer step and "
         "data loading not included;",
-        f"teacher: {weights['teacher']}; student: {weights['student']}.",
+        describe_pair(weights),
         "| method | terms | forward + backward (ms) | time / KD |",
         "|---|---|---|---|",
     ]

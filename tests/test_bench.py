@@ -127,3 +127,26 @@ def test_a_failed_lockstep_worker_is_reported_without_waiting_for_the_others():
         waiting.kill()
     done = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
     assert first_failure(done) is None
+
+
+def test_set_overrides_come_after_each_methods_own():
+    from distill.bench import trainer_overrides
+
+    spec = {"output_dir": "out", "data": "train.json", "teacher": "t", "tokenizer": "t", "mode": "iva"}
+    overrides = trainer_overrides({**spec, "overrides": ["loss.w_iva=0.5", "train.batch_size=2"]})
+    assert overrides[-2:] == ["loss.w_iva=0.5", "train.batch_size=2"]
+    assert overrides.index("loss.w_iva=1.0") < overrides.index("loss.w_iva=0.5")
+
+
+@pytest.mark.slow
+def test_paired_bench_applies_set_to_every_method(tmp_path, shapes, capsys):
+    out = tmp_path / "paired.json"
+    args = ["bench", "--part", "paired", "--steps", "1", "--data", str(shapes / "train.json")]
+    assert main([*args, "--methods", "kd,iva", "--set", "loss.w_sft=0.0", "--out", str(out)]) == 0
+    paired = json.loads(out.read_text())["paired"]
+    assert {method: m["terms"] for method, m in paired["methods"].items()} == {
+        "kd": ["kd"],
+        "iva": ["iva", "kd"],
+    }
+    assert paired["weights"]["overrides"] == ["loss.w_sft=0.0"]
+    assert "; with loss.w_sft=0.0." in capsys.readouterr().out
