@@ -39,9 +39,9 @@ def union_overrides(methods: list[str]) -> list[str]:
 
 def forward_backward_seconds(
     trainer: Any, model: torch.nn.Module, loss_config: Any, inputs: dict
-) -> tuple[float, list[str]]:
-    """One method's loss and backward pass on one batch (the gradients are dropped): its seconds and
-    the terms it computed."""
+) -> tuple[float, list[str], bool]:
+    """One method's loss and backward pass on one batch (the gradients are dropped): its seconds, the
+    terms it computed, and whether the batch was first answered by the student (GKD's on-policy coin)."""
     trainer.loss_config = loss_config
     trainer._term_sums.clear()  # the trainer's running sums of the logged terms
     if torch.cuda.is_available():
@@ -52,7 +52,8 @@ def forward_backward_seconds(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
-    return seconds, sorted(name for name in trainer._term_sums if name != "on_policy")
+    sampled = trainer._term_sums.get("on_policy", 0.0) > 0
+    return seconds, sorted(name for name in trainer._term_sums if name != "on_policy"), sampled
 
 
 def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict[str, Any]:
@@ -71,14 +72,18 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
     loader = iter(trainer.get_train_dataloader())
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     terms: dict[str, set[str]] = {m: set() for m in methods}
+    sampled: dict[str, list[bool]] = {m: [] for m in methods}
     for index in tqdm(range(WARMUP_BATCHES + batches), desc="paired batches", leave=False):
         inputs = trainer._prepare_inputs(next(loader))
         order = methods[index % len(methods) :] + methods[: index % len(methods)]
         for method in order:
-            elapsed, computed = forward_backward_seconds(trainer, model, loss_configs[method], inputs)
+            elapsed, computed, on_policy = forward_backward_seconds(
+                trainer, model, loss_configs[method], inputs
+            )
             terms[method].update(computed)
             if index >= WARMUP_BATCHES:
                 seconds[method].append(elapsed)
+                sampled[method].append(on_policy)
     results: dict[str, Any] = {"batches": batches, "methods": {}}
     for method in methods:
         entry = {
@@ -86,6 +91,8 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
             "seconds": seconds[method],
             "terms": sorted(terms[method]),
         }
+        if loss_configs[method].on_policy_ratio > 0:
+            entry.update(on_policy_ratio=loss_configs[method].on_policy_ratio, sampled=sampled[method])
         if "kd" in methods:
             ratios = sorted(a / b for a, b in zip(seconds[method], seconds["kd"], strict=True))
             quarter = len(ratios) // 4
@@ -119,4 +126,21 @@ def report_paired(results: dict[str, Any], weights: dict[str, Any]) -> list[str]
             else ("1.00x" if method == "kd" else "-")
         )
         lines.append(f"| {method} | {' + '.join(m['terms'])} | {1000 * m['median_s']:.1f} | {ratio} |")
+    lines += [on_policy_line(method, m) for method, m in results["methods"].items() if "sampled" in m]
     return lines
+
+
+def on_policy_line(method: str, m: dict[str, Any]) -> str:
+    """An on-policy method's figure depends on how many batches its coin sent to the student first:
+    say how many, and the median of each kind, so that the expected cost can be read off."""
+    kinds = {
+        label: [s for s, was in zip(m["seconds"], m["sampled"], strict=True) if was == sampled]
+        for label, sampled in (("sampled first", True), ("not", False))
+    }
+    medians = ", ".join(
+        f"{label} {1000 * statistics.median(times):.1f} ms" for label, times in kinds.items() if times
+    )
+    return (
+        f"{method}: {sum(m['sampled'])} of {len(m['sampled'])} batches first sampled the student's answers "
+        f"(a coin per batch at loss.on_policy_ratio {m['on_policy_ratio']}); median per batch: {medians}."
+    )

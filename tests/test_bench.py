@@ -107,7 +107,12 @@ def test_paired_bench_runs_every_method_on_the_same_batches(tmp_path, shapes, ca
     }
     assert {method: m["terms"] for method, m in paired.items()} == expected_terms
     assert paired["kd"]["over_kd"] == 1.0 and all(m["over_kd"] > 0 for m in paired.values())
-    assert "| align-ti | iva + kd + sft + tpa |" in capsys.readouterr().out
+    # GKD's coin: how many timed batches it sent to the student first, said beside its figure
+    assert [method for method, m in paired.items() if "sampled" in m] == ["gkd"]
+    assert len(paired["gkd"]["sampled"]) == 1 and paired["gkd"]["on_policy_ratio"] == 0.5
+    printed = capsys.readouterr().out
+    assert "| align-ti | iva + kd + sft + tpa |" in printed
+    assert f"gkd: {sum(paired['gkd']['sampled'])} of 1 batches first sampled the student's answers" in printed
 
 
 def test_a_failed_lockstep_worker_is_reported_without_waiting_for_the_others():
@@ -150,3 +155,13 @@ def test_paired_bench_applies_set_to_every_method(tmp_path, shapes, capsys):
     }
     assert paired["weights"]["overrides"] == ["loss.w_sft=0.0"]
     assert "; with loss.w_sft=0.0." in capsys.readouterr().out
+
+
+def test_an_on_policy_methods_batches_are_counted_by_kind():
+    from distill.bench_paired import on_policy_line
+
+    gkd = {"seconds": [2.0, 1.0, 2.2], "sampled": [True, False, True], "on_policy_ratio": 0.5}
+    assert on_policy_line("gkd", gkd) == (
+        "gkd: 2 of 3 batches first sampled the student's answers (a coin per batch at loss.on_policy_ratio "
+        "0.5); median per batch: sampled first 2100.0 ms, not 1000.0 ms."
+    )
