@@ -12,11 +12,14 @@ teacher serve every method: for each batch, each method's loss terms and their b
 turn (the order rotating from batch to batch), so a method and KD see the same tokens within
 milliseconds of each other; each ratio is the median over batches of the paired ratios, with the
 middle half of them in brackets. Not timed: the optimizer step and data loading, the same for every
-method (the gradients are dropped, so the student does not change from method to method).
+method (the gradients are dropped, so the student does not change from method to method). An
+on-policy method (GKD) is timed on every batch both with the student's sampled answers and without,
+and its row is the expectation at its lambda, not whatever its coin gave on a few batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -41,7 +44,7 @@ def forward_backward_seconds(
     trainer: Any, model: torch.nn.Module, loss_config: Any, inputs: dict
 ) -> tuple[float, list[str], bool]:
     """One method's loss and backward pass on one batch (the gradients are dropped): its seconds, the
-    terms it computed, and whether the batch was first answered by the student (GKD's on-policy coin)."""
+    terms it computed, and whether the student answered the batch first (on-policy)."""
     trainer.loss_config = loss_config
     trainer._term_sums.clear()  # the trainer's running sums of the logged terms
     if torch.cuda.is_available():
@@ -54,6 +57,16 @@ def forward_backward_seconds(
     model.zero_grad(set_to_none=True)
     sampled = trainer._term_sums.get("on_policy", 0.0) > 0
     return seconds, sorted(name for name in trainer._term_sums if name != "on_policy"), sampled
+
+
+def on_policy_branches(loss_config: Any) -> dict[str, Any]:
+    """An on-policy method (GKD) first answers a batch with the student with probability lambda
+    (loss.on_policy_ratio), by a coin per batch; timing whatever the coin gives makes its figure a draw.
+    The bench times both kinds on every batch instead: the loss configs of each."""
+    return {
+        "sampled": dataclasses.replace(loss_config, on_policy_ratio=1.0),
+        "not": dataclasses.replace(loss_config, on_policy_ratio=0.0),
+    }
 
 
 def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict[str, Any]:
@@ -72,18 +85,29 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
     loader = iter(trainer.get_train_dataloader())
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     terms: dict[str, set[str]] = {m: set() for m in methods}
-    sampled: dict[str, list[bool]] = {m: [] for m in methods}
+    lambdas = {m: loss_configs[m].on_policy_ratio for m in methods if loss_configs[m].on_policy_ratio > 0}
+    branches = {m: on_policy_branches(loss_configs[m]) for m in lambdas}
+    branch_seconds: dict[str, dict[str, list[float]]] = {m: {"sampled": [], "not": []} for m in lambdas}
     for index in tqdm(range(WARMUP_BATCHES + batches), desc="paired batches", leave=False):
         inputs = trainer._prepare_inputs(next(loader))
         order = methods[index % len(methods) :] + methods[: index % len(methods)]
         for method in order:
-            elapsed, computed, on_policy = forward_backward_seconds(
-                trainer, model, loss_configs[method], inputs
-            )
-            terms[method].update(computed)
-            if index >= WARMUP_BATCHES:
-                seconds[method].append(elapsed)
-                sampled[method].append(on_policy)
+            kinds = branches.get(method, {"": loss_configs[method]})
+            timed = {}
+            for kind, loss_config in kinds.items():
+                timed[kind], computed, sampled = forward_backward_seconds(trainer, model, loss_config, inputs)
+                if kind and sampled != (kind == "sampled"):
+                    raise RuntimeError(f"{method}: the batch timed as {kind!r} was answered otherwise")
+                terms[method].update(computed)
+            if index < WARMUP_BATCHES:
+                continue
+            if method in lambdas:  # the expectation over the coin, on this batch
+                for kind, elapsed in timed.items():
+                    branch_seconds[method][kind].append(elapsed)
+                share = lambdas[method]
+                seconds[method].append(share * timed["sampled"] + (1 - share) * timed["not"])
+            else:
+                seconds[method].append(timed[""])
     results: dict[str, Any] = {"batches": batches, "methods": {}}
     for method in methods:
         entry = {
@@ -91,8 +115,8 @@ def bench_paired(spec: dict[str, Any], methods: list[str], batches: int) -> dict
             "seconds": seconds[method],
             "terms": sorted(terms[method]),
         }
-        if loss_configs[method].on_policy_ratio > 0:
-            entry.update(on_policy_ratio=loss_configs[method].on_policy_ratio, sampled=sampled[method])
+        if method in lambdas:
+            entry.update(on_policy_ratio=lambdas[method], branches=branch_seconds[method])
         if "kd" in methods:
             ratios = sorted(a / b for a, b in zip(seconds[method], seconds["kd"], strict=True))
             quarter = len(ratios) // 4
@@ -126,21 +150,16 @@ def report_paired(results: dict[str, Any], weights: dict[str, Any]) -> list[str]
             else ("1.00x" if method == "kd" else "-")
         )
         lines.append(f"| {method} | {' + '.join(m['terms'])} | {1000 * m['median_s']:.1f} | {ratio} |")
-    lines += [on_policy_line(method, m) for method, m in results["methods"].items() if "sampled" in m]
+    lines += [on_policy_line(method, m) for method, m in results["methods"].items() if "branches" in m]
     return lines
 
 
 def on_policy_line(method: str, m: dict[str, Any]) -> str:
-    """An on-policy method's figure depends on how many batches its coin sent to the student first:
-    say how many, and the median of each kind, so that the expected cost can be read off."""
-    kinds = {
-        label: [s for s, was in zip(m["seconds"], m["sampled"], strict=True) if was == sampled]
-        for label, sampled in (("sampled first", True), ("not", False))
-    }
-    medians = ", ".join(
-        f"{label} {1000 * statistics.median(times):.1f} ms" for label, times in kinds.items() if times
-    )
+    """How an on-policy method's row was made: both kinds timed on every batch, weighted by lambda."""
+    sampled, unsampled = (1000 * statistics.median(m["branches"][kind]) for kind in ("sampled", "not"))
+    share = m["on_policy_ratio"]
     return (
-        f"{method}: {sum(m['sampled'])} of {len(m['sampled'])} batches first sampled the student's answers "
-        f"(a coin per batch at loss.on_policy_ratio {m['on_policy_ratio']}); median per batch: {medians}."
+        f"{method}: each batch timed both ways, answers first sampled from the student ({sampled:.1f} ms, the "
+        f"median) and not ({unsampled:.1f} ms); its row is the expectation at loss.on_policy_ratio {share} "
+        f"({share} x sampled + {1 - share:g} x not, batch by batch)."
     )

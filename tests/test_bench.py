@@ -107,12 +107,19 @@ def test_paired_bench_runs_every_method_on_the_same_batches(tmp_path, shapes, ca
     }
     assert {method: m["terms"] for method, m in paired.items()} == expected_terms
     assert paired["kd"]["over_kd"] == 1.0 and all(m["over_kd"] > 0 for m in paired.values())
-    # GKD's coin: how many timed batches it sent to the student first, said beside its figure
-    assert [method for method, m in paired.items() if "sampled" in m] == ["gkd"]
-    assert len(paired["gkd"]["sampled"]) == 1 and paired["gkd"]["on_policy_ratio"] == 0.5
+    # GKD timed both ways on every batch, its row the expectation at lambda 0.5
+    gkd = paired["gkd"]
+    assert [method for method, m in paired.items() if "branches" in m] == ["gkd"]
+    assert gkd["on_policy_ratio"] == 0.5 and {k: len(v) for k, v in gkd["branches"].items()} == {
+        "sampled": 1,
+        "not": 1,
+    }
+    assert gkd["seconds"] == [
+        pytest.approx(0.5 * gkd["branches"]["sampled"][0] + 0.5 * gkd["branches"]["not"][0])
+    ]
     printed = capsys.readouterr().out
     assert "| align-ti | iva + kd + sft + tpa |" in printed
-    assert f"gkd: {sum(paired['gkd']['sampled'])} of 1 batches first sampled the student's answers" in printed
+    assert "gkd: each batch timed both ways" in printed
 
 
 def test_a_failed_lockstep_worker_is_reported_without_waiting_for_the_others():
@@ -157,11 +164,15 @@ def test_paired_bench_applies_set_to_every_method(tmp_path, shapes, capsys):
     assert "; with loss.w_sft=0.0." in capsys.readouterr().out
 
 
-def test_an_on_policy_methods_batches_are_counted_by_kind():
-    from distill.bench_paired import on_policy_line
+def test_an_on_policy_methods_row_is_explained_by_its_two_kinds():
+    from distill.bench_paired import on_policy_branches, on_policy_line
+    from distill.run_config import LossConfig
 
-    gkd = {"seconds": [2.0, 1.0, 2.2], "sampled": [True, False, True], "on_policy_ratio": 0.5}
+    gkd = {"branches": {"sampled": [2.0, 2.2, 2.4], "not": [1.0, 1.2, 0.9]}, "on_policy_ratio": 0.25}
     assert on_policy_line("gkd", gkd) == (
-        "gkd: 2 of 3 batches first sampled the student's answers (a coin per batch at loss.on_policy_ratio "
-        "0.5); median per batch: sampled first 2100.0 ms, not 1000.0 ms."
+        "gkd: each batch timed both ways, answers first sampled from the student (2200.0 ms, the median) and "
+        "not (1000.0 ms); its row is the expectation at loss.on_policy_ratio 0.25 (0.25 x sampled + 0.75 x "
+        "not, batch by batch)."
     )
+    kinds = on_policy_branches(LossConfig(w_kd=1.0, on_policy_ratio=0.5))
+    assert {kind: c.on_policy_ratio for kind, c in kinds.items()} == {"sampled": 1.0, "not": 0.0}
