@@ -72,12 +72,16 @@ def test_bench_times_each_method_against_kd(tmp_path, shapes, teacher_dir, capsy
         "--data",
         str(shapes / "train.json"),
     ]
-    assert main([*args, "--methods", "kd,iva,tpa-kv,tpa-ribbon,align-ti", "--out", str(out)]) == 0
+    assert main([*args, "--methods", "kd,iva,tpa-kv,tpa-ribbon,align-ti,gkd", "--out", str(out)]) == 0
     steps = json.loads(out.read_text())["steps"]
     printed = capsys.readouterr().out
     assert steps["kd"]["time_over_kd"] == 1.0
-    for method in ("iva", "tpa-kv", "tpa-ribbon", "align-ti"):
+    for method in ("iva", "tpa-kv", "tpa-ribbon", "align-ti", "gkd"):
         assert steps[method]["time_over_kd"] > 0 and f"| {method} |" in printed
+    assert [m for m in steps if isinstance(steps[m], dict) and steps[m].get("step_statistic") == "mean"] == [
+        "gkd"
+    ]
+    assert "gkd: the mean step, not the median" in printed
     counts = steps["tpa-kv"]["tpa_candidates"]
     assert 0 < counts["continued"] <= counts["all"] and steps["kd"]["tpa_candidates"]["all"] == 0
     trained = [*args, "--teacher", str(teacher_dir), "--student", str(teacher_dir), "--out", str(out)]
@@ -176,3 +180,11 @@ def test_an_on_policy_methods_row_is_explained_by_its_two_kinds():
     )
     kinds = on_policy_branches(LossConfig(w_kd=1.0, on_policy_ratio=0.5))
     assert {kind: c.on_policy_ratio for kind, c in kinds.items()} == {"sampled": 1.0, "not": 0.0}
+
+
+def test_an_on_policy_methods_step_time_is_the_mean_of_its_two_kinds():
+    from distill.bench import step_time
+
+    steps = [1.0, 1.0, 1.0, 5.0, 5.0]  # three steps without sampling, two with
+    assert step_time(steps, on_policy=False) == (1.0, "median")
+    assert step_time(steps, on_policy=True) == (2.6, "mean")
