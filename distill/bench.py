@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from distill.bench_methods import METHODS
+from distill.bench_methods import METHODS, mean_step_line
 from distill.bench_paired import bench_paired, describe_pair, report_paired
 from distill.bench_scale import add_arguments as add_scale_arguments
 from distill.bench_scale import bench_scale, report_scale
@@ -468,12 +468,7 @@ def report(results: dict[str, Any]) -> str:
                     else " - |"
                 )
             lines.append(row)
-        lines += [
-            f"{mode}: the mean step, not the median (a coin per step samples the student's answers first, so "
-            "its steps are of two kinds)."
-            for mode in modes
-            if r[mode]["step_statistic"] == "mean"
-        ]
+        lines += [mean_step_line(mode) for mode in modes if r[mode]["step_statistic"] == "mean"]
         if "kd_over_sft_time" in r:
             lines.append(
                 f"KD / SFT: step time {r['kd_over_sft_time']:.2f}x, peak RSS {r['kd_over_sft_peak_rss']:.2f}x"

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from distill.bench_methods import METHODS, uses_tpa
+from distill.bench_methods import METHODS, mean_step_line, samples_on_policy, uses_tpa
 from distill.launching import accelerate_train_command, run_launched
 from distill.run_config import ArchConfig
 
@@ -255,6 +255,13 @@ def report_scale(r: dict[str, Any]) -> list[str]:
         "| peak CUDA reserved (GiB) | peak RSS (MiB) | time / KD | peak memory / KD |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def step_s(method: str) -> float:
+        t = r["throughput"][method]
+        return (
+            t["mean_step_s"] if samples_on_policy([*METHODS[method], *r["overrides"]]) else t["median_step_s"]
+        )
+
     kd = r["throughput"].get("kd")
     for method, t in r["throughput"].items():
         memory = (
@@ -263,14 +270,19 @@ def report_scale(r: dict[str, Any]) -> list[str]:
             else "- | -"
         )
         ratios = (
-            f"{t['median_step_s'] / kd['median_step_s']:.2f}x | {peak_memory(t) / peak_memory(kd):.2f}x"
+            f"{step_s(method) / step_s('kd'):.2f}x | {peak_memory(t) / peak_memory(kd):.2f}x"
             if kd is not None
             else "- | -"
         )
         lines.append(
-            f"| {method} | {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * t['median_step_s']:.1f} | "
+            f"| {method} | {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * step_s(method):.1f} | "
             f"{t['tokens_per_s']:,.0f} | {t['median_tokens_per_step']:,.0f} | {memory} | {t['peak_rss_mib']:.0f} | {ratios} |"
         )
+    lines += [
+        mean_step_line(method)
+        for method in r["throughput"]
+        if samples_on_policy([*METHODS[method], *r["overrides"]])
+    ]
     return lines
 
 

@@ -54,3 +54,37 @@ def test_scale_set_overrides_come_last_and_decide_checkpointing():
     assert not gradient_checkpointing(
         argparse.Namespace(methods=["kd"], scale_set=["train.gradient_checkpointing=off"])
     )
+
+
+def test_an_on_policy_methods_scale_row_is_its_mean_step():
+    from distill.bench_methods import samples_on_policy
+    from distill.bench_scale import report_scale
+
+    assert samples_on_policy(["loss.on_policy_ratio=0.5"])
+    assert not samples_on_policy(["loss.on_policy_ratio=0.5", "loss.on_policy_ratio=0"])  # the last wins
+    figures = {"steps": 6, "warmup_steps_excluded": 3, "tokens_per_s": 10.0, "median_tokens_per_step": 384}
+    figures |= {"peak_cuda_allocated_mib": None, "peak_cuda_reserved_mib": None, "peak_rss_mib": 1000.0}
+    results = {
+        "student": "tiny",
+        "teacher": "tiny",
+        "vision": "tiny",
+        "student_parameters": {"total": 10**6, "llm": 10**6},
+        "teacher_parameters": {"total": 10**6, "llm": 10**6},
+        "visual_tokens": 16,
+        "vocab_size": 1000,
+        "accelerate_config": "single.yaml",
+        "processes": 1,
+        "batch_size_per_process": 2,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "device": "cpu",
+        "overrides": [],
+        "throughput": {
+            "kd": {**figures, "median_step_s": 1.0, "mean_step_s": 1.1},
+            "gkd": {**figures, "median_step_s": 1.0, "mean_step_s": 2.2},  # half its steps sampled
+        },
+    }
+    lines = report_scale(results)
+    assert "| kd | 3 of 6 | 1000.0 |" in lines[4] and "| gkd | 3 of 6 | 2200.0 |" in lines[5]
+    assert lines[5].endswith("| 2.20x | 1.00x |")
+    assert lines[6].startswith("gkd: the mean step, not the median")

@@ -81,7 +81,9 @@ def test_training_lowers_the_loss_and_writes_a_complete_model(tmp_path, shapes):
     assert summary["global_step"] == 40 and "0 skipped" in summary["data"]
     throughput = summary["throughput"]
     assert throughput["steps"] == 40 and throughput["warmup_steps_excluded"] == 3
-    assert throughput["median_step_s"] > 0 and throughput["tokens_per_s"] > 0
+    assert (
+        throughput["median_step_s"] > 0 and throughput["mean_step_s"] > 0 and throughput["tokens_per_s"] > 0
+    )
     # every sample carries at least its image tokens and at most max_length tokens
     batch_size = cfg.train.batch_size
     image_tokens = (cfg.model.arch.image_size // cfg.model.arch.patch_size) ** 2
