@@ -512,7 +512,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a dotted override of configs/tiny-student-kd.yaml for the steps and paired parts, applied after "
         "each method's own (repeatable), e.g. train.batch_size=2 data.max_length=256 teacher.dtype=bfloat16 "
-        "for checkpoints of real shapes (`distill random-student`)",
+        "for checkpoints of real shapes (`distill random-student`); there use the paired part, which holds one "
+        "student and one teacher (the steps part holds a process per method at once)",
     )
     parser.add_argument(
         "--teacher",
