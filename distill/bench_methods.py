@@ -36,17 +36,6 @@ def uses_tpa(method: str) -> bool:
     return any(o.startswith("loss.w_tpa=") for o in METHODS[method])
 
 
-def samples_on_policy(overrides: list[str]) -> bool:
-    """Whether these overrides (a method's, then the user's) leave loss.on_policy_ratio above 0: such a
-    method's steps are of two kinds, so its benches compare mean steps, not medians."""
-    ratio = 0.0
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key == "loss.on_policy_ratio":
-            ratio = float(value)
-    return ratio > 0
-
-
 def mean_step_line(method: str) -> str:
     """The line under a bench's table for a method whose step figure is a mean."""
     return (

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from distill.bench_methods import METHODS, mean_step_line, samples_on_policy, uses_tpa
+from distill.bench_methods import METHODS, mean_step_line, uses_tpa
 from distill.launching import accelerate_train_command, run_launched
 from distill.run_config import ArchConfig
 
@@ -179,11 +179,24 @@ def method_overrides(method: str, args: argparse.Namespace, out: Path) -> list[s
     ]
 
 
+def stage_figures(final: Path) -> dict[str, Any]:
+    """A timed stage's throughput figures (its train_summary.json) with the step time the bench compares:
+    the median step, but the mean for an on-policy method (as read from the stage's resolved config),
+    whose steps are of two kinds (a coin per step samples the student's answers first)."""
+    from distill.configuration import read_yaml
+    from distill.train import SUMMARY_NAME
+    from distill.trainer import RUN_CONFIG_NAME
+
+    figures = json.loads((final / SUMMARY_NAME).read_text())["throughput"]
+    statistic = "mean" if read_yaml(final / RUN_CONFIG_NAME)["loss"]["on_policy_ratio"] > 0 else "median"
+    return {**figures, "step_s": figures[f"{statistic}_step_s"], "step_statistic": statistic}
+
+
 def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from distill.synth.make import synthesize
-    from distill.train import FINAL_DIR, SUMMARY_NAME
+    from distill.train import FINAL_DIR
 
     with tempfile.TemporaryDirectory(prefix="distill-scale-") as tmp:
         work = Path(tmp)
@@ -204,9 +217,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         for method in args.methods:
             print(f"== {method}", flush=True)
             launch(config_file, args, method_overrides(method, args, work / "run"), f"scale-{method}")
-            throughput[method] = json.loads((work / "run" / method / FINAL_DIR / SUMMARY_NAME).read_text())[
-                "throughput"
-            ]
+            throughput[method] = stage_figures(work / "run" / method / FINAL_DIR)
             trace = work / "run" / method / "profile" / "trace.json"
             if trace.is_file():
                 kept = Path(args.out).with_name(f"scale_trace_{method}.json")
@@ -256,12 +267,6 @@ def report_scale(r: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def step_s(method: str) -> float:
-        t = r["throughput"][method]
-        return (
-            t["mean_step_s"] if samples_on_policy([*METHODS[method], *r["overrides"]]) else t["median_step_s"]
-        )
-
     kd = r["throughput"].get("kd")
     for method, t in r["throughput"].items():
         memory = (
@@ -270,18 +275,16 @@ def report_scale(r: dict[str, Any]) -> list[str]:
             else "- | -"
         )
         ratios = (
-            f"{step_s(method) / step_s('kd'):.2f}x | {peak_memory(t) / peak_memory(kd):.2f}x"
+            f"{t['step_s'] / kd['step_s']:.2f}x | {peak_memory(t) / peak_memory(kd):.2f}x"
             if kd is not None
             else "- | -"
         )
         lines.append(
-            f"| {method} | {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * step_s(method):.1f} | "
+            f"| {method} | {t['steps'] - t['warmup_steps_excluded']} of {t['steps']} | {1000 * t['step_s']:.1f} | "
             f"{t['tokens_per_s']:,.0f} | {t['median_tokens_per_step']:,.0f} | {memory} | {t['peak_rss_mib']:.0f} | {ratios} |"
         )
     lines += [
-        mean_step_line(method)
-        for method in r["throughput"]
-        if samples_on_policy([*METHODS[method], *r["overrides"]])
+        mean_step_line(method) for method, t in r["throughput"].items() if t["step_statistic"] == "mean"
     ]
     return lines
 

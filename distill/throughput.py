@@ -64,8 +64,8 @@ class StepTimer(TrainerCallback):
             "steps": len(self.step_seconds),
             "warmup_steps_excluded": skip,
             "median_step_s": statistics.median(seconds) if seconds else None,
-            # GKD's steps are of two kinds (a coin per step samples the student's answers first): its
-            # benches compare means (distill/bench_methods.py, samples_on_policy)
+            # GKD's steps are of two kinds (a coin per step samples the student's answers first): the
+            # scale bench compares its means (distill/bench_scale.py, stage_figures)
             "mean_step_s": statistics.mean(seconds) if seconds else None,
             "tokens_per_s": sum(tokens) / sum(seconds) if seconds and sum(seconds) > 0 else None,
             "median_tokens_per_step": statistics.median(tokens) if tokens else None,

@@ -40,6 +40,7 @@ def test_scale_part_trains_through_deepspeed_and_reports(tmp_path, shapes, capsy
     assert scale["vocab_size"] == 1000 and scale["visual_tokens"] == 16
     for method in ("kd", "tpa-kv"):
         assert scale["throughput"][method]["steps"] == 4 and scale["throughput"][method]["tokens_per_s"] > 0
+        assert scale["throughput"][method]["step_statistic"] == "median"  # neither samples on-policy
     assert scale["teacher_parameters"]["llm"] == scale["student_parameters"]["llm"]  # same tiny shape
 
 
@@ -56,14 +57,25 @@ def test_scale_set_overrides_come_last_and_decide_checkpointing():
     )
 
 
-def test_an_on_policy_methods_scale_row_is_its_mean_step():
-    from distill.bench_methods import samples_on_policy
-    from distill.bench_scale import report_scale
+def test_an_on_policy_methods_scale_row_is_its_mean_step(tmp_path):
+    from distill.bench_scale import report_scale, stage_figures
+    from distill.configuration import save_config
+    from distill.run_config import LossConfig, ModelConfig, RunConfig, TeacherConfig
 
-    assert samples_on_policy(["loss.on_policy_ratio=0.5"])
-    assert not samples_on_policy(["loss.on_policy_ratio=0.5", "loss.on_policy_ratio=0"])  # the last wins
     figures = {"steps": 6, "warmup_steps_excluded": 3, "tokens_per_s": 10.0, "median_tokens_per_step": 384}
     figures |= {"peak_cuda_allocated_mib": None, "peak_cuda_reserved_mib": None, "peak_rss_mib": 1000.0}
+    # a stage's final folder: its summary and its resolved config decide which step time is compared
+    for name, ratio in (("kd", 0.0), ("gkd", 0.5)):
+        final = tmp_path / name
+        final.mkdir()
+        steps = {"median_step_s": 1.0, "mean_step_s": 1.1 if name == "kd" else 2.2}
+        (final / "train_summary.json").write_text(json.dumps({"throughput": {**figures, **steps}}))
+        stage = RunConfig(ModelConfig(path="student"), teacher=TeacherConfig(path="teacher"))
+        stage.loss = LossConfig(w_kd=1.0, on_policy_ratio=ratio)
+        save_config(stage, final / "run_config.yaml")
+    kd, gkd = stage_figures(tmp_path / "kd"), stage_figures(tmp_path / "gkd")
+    assert (kd["step_s"], kd["step_statistic"]) == (1.0, "median")
+    assert (gkd["step_s"], gkd["step_statistic"]) == (2.2, "mean")
     results = {
         "student": "tiny",
         "teacher": "tiny",
@@ -79,10 +91,7 @@ def test_an_on_policy_methods_scale_row_is_its_mean_step():
         "gradient_checkpointing": False,
         "device": "cpu",
         "overrides": [],
-        "throughput": {
-            "kd": {**figures, "median_step_s": 1.0, "mean_step_s": 1.1},
-            "gkd": {**figures, "median_step_s": 1.0, "mean_step_s": 2.2},  # half its steps sampled
-        },
+        "throughput": {"kd": kd, "gkd": gkd},
     }
     lines = report_scale(results)
     assert "| kd | 3 of 6 | 1000.0 |" in lines[4] and "| gkd | 3 of 6 | 2200.0 |" in lines[5]
